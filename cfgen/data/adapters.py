@@ -1,0 +1,117 @@
+"""Read the standard layouts of public datasets into a ``MetadataTable``.
+
+- ``imagefolder``: ``metadata.csv`` with ``file_name`` (cfgen's own format);
+- ``celeba``: the layout torchvision's ``CelebA(download=False)`` reads: ``img_align_celeba/``,
+  ``list_attr_celeba.txt`` (-1/1, read as 0/1) and ``list_eval_partition.txt`` (0/1/2), in the
+  given folder or in its ``celeba/`` subfolder;
+- ``waterbirds``: ``metadata.csv`` with ``img_filename``, ``y``, ``place`` and ``split`` (0/1/2).
+
+Splits become train / validation / test in every layout.
+"""
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cfgen.data.table import FILE_COLUMN, METADATA_FILE, SPLIT_COLUMN, MetadataTable, read_imagefolder
+from cfgen.errors import CfgenError
+
+SPLIT_NAMES = {"0": "train", "1": "validation", "2": "test"}
+
+
+def read_celeba(root: str | Path) -> MetadataTable:
+    """CelebA's 40 binary attributes and official split; no default label (choose one)."""
+    root = Path(root)
+    base = root / "celeba" if (root / "celeba" / "list_attr_celeba.txt").is_file() else root
+    attr_path, split_path, images = (
+        base / "list_attr_celeba.txt", base / "list_eval_partition.txt", base / "img_align_celeba"
+    )
+    for path in (attr_path, split_path, images):
+        if not path.exists():
+            raise CfgenError(f"{base} is not a CelebA folder: {path.name} is missing")
+    lines = attr_path.read_text().split("\n")
+    names = lines[1].split()
+    rows = [line.split() for line in lines[2:] if line.strip()]
+    bad = next((i for i, row in enumerate(rows) if len(row) != len(names) + 1), None)
+    if bad is not None:
+        raise CfgenError(f"{attr_path} line {bad + 3} has {len(rows[bad]) - 1} values for {len(names)} attributes")
+    table = np.array(rows, dtype=str)
+    files = table[:, 0]
+    split_of = dict(line.split() for line in split_path.read_text().split("\n") if line.strip())
+    missing = [f for f in files if f not in split_of]
+    if missing:
+        raise CfgenError(f"{split_path} has no split for {missing[0]} ({len(missing)} images lack one)")
+    columns = {FILE_COLUMN: files, SPLIT_COLUMN: np.array([SPLIT_NAMES[split_of[f]] for f in files], dtype=str)}
+    for j, name in enumerate(names, start=1):
+        columns[name] = np.where(table[:, j] == "1", "1", "0")
+    prefix = f"{images.resolve()}/"
+    return MetadataTable(np.array([prefix + f for f in files], dtype=object), columns, str(root))
+
+
+def read_waterbirds(root: str | Path) -> MetadataTable:
+    """Waterbirds: label ``y`` (1 = waterbird) and attribute ``place`` (1 = water background)."""
+    root = Path(root)
+    if not (root / METADATA_FILE).is_file():
+        raise CfgenError(f"{root} is not a Waterbirds folder: it has no {METADATA_FILE}")
+    with (root / METADATA_FILE).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise CfgenError(f"{root / METADATA_FILE} lists no images: the dataset is empty")
+    missing = {"img_filename", "y", "place", "split"} - set(rows[0])
+    if missing:
+        raise CfgenError(f"{root} is not a Waterbirds folder: metadata.csv lacks {', '.join(sorted(missing))}")
+    bad = next((r["split"] for r in rows if r["split"] not in SPLIT_NAMES), None)
+    if bad is not None:
+        raise CfgenError(f"Waterbirds split {bad!r} is not one of 0, 1, 2")
+    files = np.array([r["img_filename"] for r in rows], dtype=str)
+    columns = {
+        FILE_COLUMN: files,
+        SPLIT_COLUMN: np.array([SPLIT_NAMES[r["split"]] for r in rows], dtype=str),
+        "y": np.array([r["y"] for r in rows], dtype=str),
+        "place": np.array([r["place"] for r in rows], dtype=str),
+    }
+    prefix = f"{root.resolve()}/"
+    paths = np.array([prefix + f for f in files], dtype=object)
+    return MetadataTable(paths, columns, str(root), {"label": "y", "attributes": ["place"]})
+
+
+READERS: dict[str, Callable[[str | Path], MetadataTable]] = {
+    "imagefolder": read_imagefolder,
+    "celeba": read_celeba,
+    "waterbirds": read_waterbirds,
+}
+FORMATS = ("auto", *READERS)
+
+
+def detect_format(root: str | Path) -> str:
+    """Guess the layout of a folder from the files it holds."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CfgenError(f"dataset folder {root} does not exist")
+    metadata = root / METADATA_FILE
+    if metadata.is_file():
+        with metadata.open(newline="") as handle:
+            header = next(csv.reader(handle), [])
+        return "waterbirds" if "img_filename" in header and FILE_COLUMN not in header else "imagefolder"
+    if (root / "list_attr_celeba.txt").is_file() or (root / "celeba" / "list_attr_celeba.txt").is_file():
+        return "celeba"
+    raise CfgenError(
+        f"{root} has no metadata.csv (imagefolder and waterbirds layouts) and no list_attr_celeba.txt "
+        "(celeba layout), so it is not a dataset folder"
+    )
+
+
+def open_dataset(root: str | Path, data_format: str = "auto") -> MetadataTable:
+    """Read a dataset folder of any supported layout."""
+    if data_format not in FORMATS:
+        raise CfgenError(f"unknown dataset format {data_format!r}; valid formats: {', '.join(FORMATS)}")
+    if data_format == "auto":
+        data_format = detect_format(root)
+    return READERS[data_format](root)
+
+
+def open_datasets(roots: list[str | Path], data_format: str = "auto") -> MetadataTable:
+    """Several folders joined, e.g. a dataset and its counterfactuals."""
+    return MetadataTable.concat([open_dataset(root, data_format) for root in roots])

@@ -1,0 +1,81 @@
+"""Counterfactual dataset folders: the input format plus provenance columns.
+
+A counterfactual row keeps its source's columns, with the intervened attributes set to their new
+values, and adds where it came from, so that classifiers can pair an image with its counterfactuals
+and the meter can check that the association is gone:
+
+    cf_source          file_name of the source image in the source dataset
+    cf_source_row      the source image's row in the source metadata.csv
+    cf_intervened      the intervened attributes, joined by "+"
+    cf_factual         their factual values, as "a=x,b=y"
+    cf_counterfactual  their new values, as "a=x,b=y"
+    cf_generator       what made the image ("exact" renderer or a generator folder)
+
+The card (cfgen_dataset.json) records the source folder and a hash of its metadata, so a stage can
+tell whether a counterfactual folder belongs to a dataset.
+"""
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from cfgen.data.table import FILE_COLUMN, METADATA_FILE, MetadataTable, write_card, write_metadata
+from cfgen.interventions import Intervention, Request, format_assignment
+
+PROVENANCE_COLUMNS = ("cf_source", "cf_source_row", "cf_intervened", "cf_factual", "cf_counterfactual", "cf_generator")
+
+
+def metadata_digest(dataset_dir: str | Path) -> str:
+    """SHA-256 of a folder's metadata.csv: the identity a counterfactual folder refers to."""
+    return hashlib.sha256((Path(dataset_dir) / METADATA_FILE).read_bytes()).hexdigest()
+
+
+def image_name(request_index: int) -> str:
+    """Where a request's image goes: stable across processes and resumed runs."""
+    return f"images/{request_index:07d}.png"
+
+
+def counterfactual_columns(
+    source: MetadataTable, requests: Sequence[Request], indices: Sequence[int], generator: str
+) -> dict[str, list[str]]:
+    """Metadata columns for the requests at ``indices`` of a plan."""
+    rows = []
+    for i in indices:
+        request = requests[i]
+        row = {name: str(values[request.row]) for name, values in source.columns.items()}
+        factual = {name: row[name] for name in request.target}
+        row.update(request.target)
+        row.update(
+            {
+                FILE_COLUMN: image_name(i),
+                "cf_source": str(source.columns[FILE_COLUMN][request.row]),
+                "cf_source_row": str(request.row),
+                "cf_intervened": "+".join(request.target),
+                "cf_factual": format_assignment(factual),
+                "cf_counterfactual": format_assignment(request.target),
+                "cf_generator": generator,
+            }
+        )
+        rows.append(row)
+    names = [*source.columns, *PROVENANCE_COLUMNS]
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def write_counterfactual_folder(
+    folder: Path,
+    source_dir: str | Path,
+    source: MetadataTable,
+    requests: Sequence[Request],
+    intervention: Intervention,
+    generator: str,
+) -> None:
+    """Write metadata.csv and the card for a folder whose images ``image_name(i)`` are in place."""
+    write_metadata(folder, counterfactual_columns(source, requests, range(len(requests)), generator))
+    card = {key: source.card[key] for key in ("label", "attributes", "vocabulary") if key in source.card}
+    card["counterfactuals"] = {
+        "source": str(Path(source_dir).resolve()),
+        "source_metadata_sha256": metadata_digest(source_dir),
+        "intervention": str(intervention),
+        "generator": generator,
+    }
+    write_card(folder, card)

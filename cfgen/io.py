@@ -1,0 +1,82 @@
+"""Output folders and run records shared by every stage.
+
+Outputs are built in a hidden sibling folder and renamed into place at the end, so a failed or
+interrupted command leaves nothing half-written, and an existing folder is only replaced when
+the user asked for it.
+"""
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cfgen.errors import CfgenError
+
+RUN_FILE = "run.json"
+_VERSIONED = ("cfgen", "torch", "torchvision", "diffusers", "accelerate", "numpy", "scipy")
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output folder unless overwriting was asked for."""
+    if path.exists() and not path.is_dir():
+        raise CfgenError(f"output path {path} is a file, not a folder; choose another --out")
+    if path.exists() and not overwrite:
+        raise CfgenError(f"output folder {path} already exists; choose another --out or pass --overwrite")
+
+
+@contextmanager
+def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh staging folder that replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    check_output_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if path.exists():  # move the old folder aside first, so a folder is always in place
+        retired = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.replace(path, retired)
+        os.replace(staging, path)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, path)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a result depends on, for reproducibility records."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_run_record(folder: Path, config: dict[str, Any], seed: int | None = None) -> None:
+    """Write the resolved configuration, the command, the seed and the versions beside outputs."""
+    record = {
+        "command": sys.argv,
+        "config": config,
+        "seed": seed,
+        "versions": package_versions(),
+        "machine": platform.platform(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(folder / RUN_FILE, record)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

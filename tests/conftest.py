@@ -1,0 +1,43 @@
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def write_folder(root: Path, rows: list[dict], size: tuple[int, int] = (8, 8), mode: str = "RGB") -> Path:
+    """A small imagefolder dataset: one random image per row, then metadata.csv."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i, row in enumerate(rows):
+        row.setdefault("file_name", f"images/{i}.png")
+        channels = len(Image.new(mode, (1, 1)).getbands())
+        pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+        Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(root / row["file_name"])
+    with (root / "metadata.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture
+def small_folder(tmp_path: Path) -> Path:
+    """40 rows: label y (3 classes), binary color, categorical shape, continuous size, two splits."""
+    rng = np.random.default_rng(1)
+    rows = [
+        {
+            "y": str(i % 3),
+            "color": ["red", "green"][i % 2],
+            "shape": ["square", "disk", "star", "ring"][rng.integers(4)],
+            "size": f"{rng.normal():.3f}",
+            "split": "train" if i < 30 else "test",
+        }
+        for i in range(40)
+    ]
+    return write_folder(tmp_path / "small", rows)

@@ -1,0 +1,33 @@
+"""torchvision and diffusers import and work beside this torch build (see cfgen/_torchvision_compat.py)."""
+
+import subprocess
+import sys
+
+SCRIPT = """
+import cfgen._torchvision_compat as compat  # importing cfgen applies the patch where needed
+patched = compat._library is not None
+assert patched == (not compat.torchvision_extension_loads()), patched
+assert compat.patch_torchvision() is False  # once is enough
+import torch, torchvision
+from torchvision.transforms import v2
+from diffusers import UNet2DModel
+image = v2.RandomResizedCrop(16)(torch.rand(3, 32, 32))
+logits = torchvision.models.resnet18(weights=None, num_classes=3).eval()(torch.rand(1, 3, 32, 32))
+unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                   down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                   norm_num_groups=4, layers_per_block=1)
+out = unet(torch.rand(2, 1, 8, 8), torch.tensor([1, 2])).sample
+print(tuple(image.shape), tuple(logits.shape), tuple(out.shape))
+"""
+
+
+def test_torchvision_and_diffusers_work() -> None:
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "(3, 16, 16) (1, 3) (2, 1, 8, 8)"
+
+
+def test_nothing_is_done_once_torchvision_is_imported() -> None:
+    script = "import torchvision\nimport cfgen._torchvision_compat as c\nprint(c.patch_torchvision())"
+    result = subprocess.run([sys.executable, "-c", "import cfgen\n" + script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
