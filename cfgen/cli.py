@@ -15,6 +15,10 @@ from cfgen.errors import CfgenError
 COMMANDS = {
     "make-dataset": ("cfgen.data.colored_mnist", "build a built-in confounded dataset"),
     "measure": ("cfgen.confounding.command", "measure how confounded a dataset's attributes are"),
+    "train-generator": ("cfgen.generator.training", "train a counterfactual generator (diffusers UNet)"),
+    "generate": ("cfgen.generator.generation", "write a counterfactual dataset (trained generator or exact)"),
+    "evaluate-counterfactuals": ("cfgen.counterfactual_metrics", "score a counterfactual dataset"),
+    "train-classifier": ("cfgen.classifier.command", "train a debiased classifier (erm, cf-reg, group-dro, ...)"),
     "pipeline": ("cfgen.pipeline", "run every stage on the built-in default dataset or your own"),
 }
 

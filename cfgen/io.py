@@ -54,6 +54,30 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
         os.replace(staging, path)
 
 
+@contextmanager
+def output_dir_in_place(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Build ``path`` where it will stay, and remove it if the block fails.
+
+    For outputs whose parts record their own paths (a run folder of several stages): built in a
+    staging folder and renamed, those records would point at the staging name. A folder being
+    replaced is kept aside until the new one is complete, and restored if it is not.
+    """
+    path = Path(path)
+    check_output_dir(path, overwrite)
+    retired = path.parent / f".{path.name}.old-{os.getpid()}"
+    if path.exists():
+        os.replace(path, retired)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        if retired.exists():
+            os.replace(retired, path)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages a result depends on, for reproducibility records."""
     versions = {"python": platform.python_version()}

@@ -1,86 +1,278 @@
-"""``cfgen pipeline``: measure -> counterfactuals -> re-measure, in one run folder with a report.
+"""``cfgen pipeline``: every stage, one run folder, one report.
 
-    RUN/data/                  the built-in default dataset (colored digits, digit tied to colour)
+    RUN/data/                  the built-in default dataset (unless --data names yours)
     RUN/confounding/           the meter on the training split
-    RUN/counterfactuals/       every other colour of every training image
+    RUN/generator/             the counterfactual generator (diffusers format)
+    RUN/counterfactuals/       generated counterfactuals of training images, spurious attributes edited
+    RUN/exact/                 built-in data only: the true counterfactuals of the same edits
+    RUN/counterfactual_quality.json   built-in data only: effectiveness, preservation, error to exact
     RUN/confounding_after/     the meter on original + counterfactuals, compared with before
-    RUN/report.md              the tables and figures of all of the above
+    RUN/classifiers/<method>/  one classifier folder per method
+    RUN/report.md              tables and figures of all of the above
+    RUN/metrics.json           every method's figures, the confounding scores, the counterfactual scores
+
+The pipeline runs in one process; for several GPUs run the stages themselves under
+``accelerate launch`` (README).
 """
 
 import argparse
+import itertools
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from cfgen.classifier.config import ClassifierConfig
+from cfgen.classifier.evaluation import format_statistic
+from cfgen.classifier.training import train_classifiers
+from cfgen.cli_options import column_list
 from cfgen.confounding.command import measure_folders
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist, write_exact_counterfactuals
-from cfgen.io import atomic_output_dir, check_output_dir, write_run_record
+from cfgen.counterfactual_metrics import evaluate_counterfactuals
+from cfgen.data.adapters import open_dataset
+from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
+from cfgen.errors import CfgenError
+from cfgen.generator.generation import EXACT, generate_counterfactuals
+from cfgen.generator.training import train_generator
+from cfgen.io import check_output_dir, output_dir_in_place, write_json, write_run_record
 
-SPURIOUS = "fg_color"
+BUILTIN_SPURIOUS = ("fg_color",)
+# What each preset does beyond the generator's own preset of the same name.
+# tiny: seconds, for tests; quick: minutes on a laptop CPU; full: a GPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "deconfound": "reweight", "sources": 16, "epochs": 1, "seeds": (0,), "steps": 4, "judge_steps": 20,
+        "sizes": {"train": 160, "validation": 40, "test": 60, "test-anti": 40},
+    },
+    "quick": {
+        "deconfound": "reweight", "sources": 300, "epochs": 4, "seeds": (0,), "steps": 20, "judge_steps": 600,
+        "sizes": None,
+    },
+    "full": {
+        "deconfound": "reweight,consistency", "sources": None, "epochs": 20, "seeds": (0, 1, 2), "steps": 50,
+        "judge_steps": 600, "sizes": None,
+    },
+}
+DEFAULT_METHODS = ("erm", "cf-reg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run folder to write (default runs/demo)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--strength", type=float, default=0.99, help="digit-colour association of the default data")
+    parser.add_argument(
+        "--preset", default="quick", choices=list(PRESETS), help="quick: minutes on a CPU (default); full: a GPU"
+    )
+    parser.add_argument("--data", help="your dataset folder (default: build the built-in colored digits)")
+    parser.add_argument("--label", help="label column of --data (default: its card's)")
+    parser.add_argument("--attributes", type=column_list, help="attributes of --data for the generator")
+    parser.add_argument(
+        "--spurious", type=column_list, help="attributes to edit and debias (default: fg_color, or all --attributes)"
+    )
+    parser.add_argument(
+        "--methods", type=column_list, default=list(DEFAULT_METHODS), help="classifier methods (default erm,cf-reg)"
+    )
+    parser.add_argument("--strength", type=float, default=0.99, help="digit-colour association of the built-in data")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> None:
-    out = run_pipeline(args.out, strength=args.strength, seed=args.seed, overwrite=args.overwrite)
+    out = run_pipeline(
+        args.out,
+        data=args.data,
+        label=args.label,
+        attributes=args.attributes,
+        spurious=args.spurious,
+        methods=args.methods,
+        preset=args.preset,
+        strength=args.strength,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     print(f"\ndone: read {out / 'report.md'}")
 
 
-def run_pipeline(out: str | Path, *, strength: float = 0.99, seed: int = 0, overwrite: bool = False) -> Path:
+def run_pipeline(
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    label: str | None = None,
+    attributes: Sequence[str] | None = None,
+    spurious: Sequence[str] | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    preset: str = "quick",
+    strength: float = 0.99,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
     """Run every stage into ``out``; nothing is left behind if a stage fails."""
     out = Path(out)
     check_output_dir(out, overwrite)
-    config = ColoredMNISTConfig(strength=strength, seed=seed)
-    with atomic_output_dir(out, overwrite) as run_dir:
-        print(f"[1/4] building the default dataset (digit tied to {SPURIOUS} at {strength})")
-        data = make_colored_mnist(config, run_dir / "data")
-        print("[2/4] measuring confounding on the training split")
-        before = measure_folders([data], run_dir / "confounding", seed=seed)
-        print(f"[3/4] writing counterfactuals: every other {SPURIOUS} of every training image")
-        counterfactuals = write_exact_counterfactuals(
-            data, f"{SPURIOUS}=*", run_dir / "counterfactuals", split="train", seed=seed
+    settings = PRESETS[preset]
+    if data is not None:
+        schema = open_dataset(data).schema(label, attributes)
+        label, attributes = schema.label.name, [a.name for a in schema.attributes]
+        spurious = list(spurious or attributes)
+        unknown = [name for name in spurious if name not in attributes]
+        if unknown:
+            raise CfgenError(f"--spurious {unknown[0]!r} is not an attribute; valid: {', '.join(attributes)}")
+    else:
+        spurious = list(spurious or BUILTIN_SPURIOUS)
+    intervention = ",".join(f"{name}=random" for name in spurious)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, message: str) -> None:
+        timings[name] = time.perf_counter()
+        print(f"\n== {message}", flush=True)
+
+    with output_dir_in_place(out, overwrite) as run_dir:
+        if data is None:
+            stage("dataset", f"building the default dataset (digit tied to fg_color at {strength})")
+            sizes = settings["sizes"] or ColoredMNISTConfig().sizes
+            data = make_colored_mnist(ColoredMNISTConfig(strength, sizes=sizes, seed=seed), run_dir / "data")
+        builtin = "builtin" in open_dataset(data).card
+        stage("measure", "measuring confounding on the training split")
+        before = measure_folders([data], run_dir / "confounding", label=label, attributes=attributes, seed=seed)
+        stage("generator", f"training the generator ({preset} preset, deconfound {settings['deconfound']})")
+        generator = train_generator(
+            data, run_dir / "generator", label=label, attributes=attributes, preset=preset,
+            deconfound=settings["deconfound"], seed=seed,
         )
-        print("[4/4] measuring original + counterfactuals against the original")
-        after = measure_folders([data, counterfactuals], run_dir / "confounding_after", reference=[data], seed=seed)
-        (run_dir / "report.md").write_text(_report(config, before, after))
-        write_run_record(run_dir, {"strength": strength, "dataset": config.to_dict()}, seed)
+        stage("generate", f"generating counterfactuals: {intervention} on training images")
+        common = {"split": "train", "seed": seed, "limit": settings["sources"]}
+        counterfactuals = generate_counterfactuals(
+            data, intervention, run_dir / "counterfactuals", generator=generator, steps=settings["steps"], **common
+        )
+        quality = None
+        if builtin:
+            stage("quality", "scoring the counterfactuals against the exact ones")
+            exact = generate_counterfactuals(data, intervention, run_dir / "exact", generator=EXACT, **common)
+            quality = evaluate_counterfactuals(
+                counterfactuals, data, exact, label, attributes, judge_steps=settings["judge_steps"], seed=seed
+            )
+            write_json(run_dir / "counterfactual_quality.json", quality)
+        stage("remeasure", "measuring original + counterfactuals against the original")
+        after = measure_folders(
+            [data, counterfactuals], run_dir / "confounding_after", label=label, attributes=attributes,
+            reference=[data], seed=seed,
+        )
+        classifiers = {}
+        for method in methods:
+            stage(f"classifier {method}", f"training the {method} classifier")
+            config = ClassifierConfig(
+                data=str(data), method=method, out=str(run_dir / "classifiers" / method), label=label,
+                spurious=tuple(spurious), counterfactuals=(str(counterfactuals),), epochs=settings["epochs"],
+                seeds=settings["seeds"],
+            )
+            classifiers[method] = train_classifiers(config)
+        timings["end"] = time.perf_counter()
+        seconds = _durations(timings)
+        summary = _summary(before, after, quality, classifiers, seconds)
+        write_json(run_dir / "metrics.json", summary)
+        (run_dir / "report.md").write_text(_report(summary, before, intervention, preset))
+        write_run_record(run_dir, {"preset": preset, "data": str(data), "spurious": spurious, **settings}, seed)
     return out
 
 
-def _association(report: dict, a: str, b: str) -> str:
-    pair = next(p for p in report["pairs"] if {p["a"], p["b"]} == {a, b})
-    return f"{pair['value']:.3f} [{pair['ci_low']:.3f}, {pair['ci_high']:.3f}] ({pair['measure']})"
+def _durations(marks: dict[str, float]) -> dict[str, float]:
+    names = list(marks)
+    return {name: round(marks[after] - marks[name], 1) for name, after in itertools.pairwise(names)}
 
 
-def _report(config: ColoredMNISTConfig, before: dict, after: dict) -> str:
+def _summary(
+    before: dict, after: dict, quality: dict | None, classifiers: dict[str, dict], seconds: dict[str, float]
+) -> dict[str, Any]:
+    def split_figures(metrics: dict) -> dict[str, Any]:
+        return {
+            split: {"accuracy": figures["accuracy"], "worst_group_accuracy": figures["worst_group_accuracy"]}
+            for split, figures in metrics["splits"].items()
+        }
+
+    return {
+        "confounding": {"before": before["score"], "after": after["score"]},
+        "attribute_scores": {"before": before["attribute_scores"], "after": after["attribute_scores"]},
+        "counterfactual_quality": quality,
+        "classifiers": {method: split_figures(metrics) for method, metrics in classifiers.items()},
+        "seconds": seconds,
+    }
+
+
+def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
     label = before["label"]
-    rows = [
-        f"| {a} | {_association(before, label, a)} | {_association(after, label, a)} |" for a in before["attributes"]
+    scores = summary["attribute_scores"]
+    lines = [
+        "# cfgen run",
+        "",
+        f"Preset `{preset}`; data `{before['data'][0]}`; label `{label}`; counterfactuals `{intervention}` "
+        "of training images.",
+        "",
+        "## 1. Confounding of the training split, before and after adding counterfactuals",
+        "",
+        "| attribute | score before (partner) | score after (partner) |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {scores['before'][name]['score']:.3f} ({scores['before'][name]['partner']}) "
+            f"| {scores['after'][name]['score']:.3f} ({scores['after'][name]['partner']}) |"
+            for name in before["attributes"]
+        ),
+        "",
+        f"Dataset score {summary['confounding']['before']:.3f} before, {summary['confounding']['after']:.3f} after; "
+        f"{len(before['unsupported'])} empty label x attribute groups before. Heatmaps: "
+        "`confounding/confounding.png`, `confounding_after/confounding.png` (before, after, change).",
+        "",
+        "![before and after](confounding_after/confounding.png)",
+        "",
+        "## 2. Counterfactuals",
+        "",
+        "![examples](counterfactuals/examples.png)",
+        "",
     ]
-    return "\n".join(
-        [
-            "# cfgen run",
+    quality = summary["counterfactual_quality"]
+    if quality is not None:
+        lines += [
+            "Effectiveness (the edit happened), preservation (digit and other attributes kept) and pixel error "
+            "against the exact counterfactuals (`counterfactual_quality.json`; rare/absent: target pairs rare or "
+            "never seen in training):",
             "",
-            f"Built-in colored digits, digit tied to {SPURIOUS} at strength {config.strength}, seed {config.seed}.",
-            "",
-            "## Confounding before and after adding counterfactuals (training split)",
-            "",
-            f"| attribute | association with {label}, before | after |",
-            "|---|---|---|",
-            *rows,
-            "",
-            f"Confounding score: {before['score']:.3f} before, {after['score']:.3f} after "
-            f"({len(before['unsupported'])} empty label x attribute groups before, {len(after['unsupported'])} after).",
-            "",
-            "![before](confounding/confounding.png)",
-            "",
-            "![after](confounding_after/confounding.png)",
-            "",
-            "Counterfactuals: exact renderings (`counterfactuals/`), "
-            f"{SPURIOUS}=* over the training split. Details: `confounding*/confounding.json`.",
+            "| | effectiveness | preservation | MSE to exact |",
+            "|---|---|---|---|",
+            *(
+                f"| {name} | {_number(part['effectiveness']['all'])} | {_number(part['preservation']['all'])} "
+                f"| {_number(part.get('mse_to_exact'), 4)} |"
+                for name, part in _quality_rows(quality)
+            ),
             "",
         ]
-    )
+    lines += [
+        "## 3. Classifiers",
+        "",
+        "| method | " + " | ".join(f"{split} accuracy | {split} worst group" for split in _splits(summary)) + " |",
+        "|---|" + "---|---|" * len(_splits(summary)),
+    ]
+    for method, splits in summary["classifiers"].items():
+        cells = [
+            f"{format_statistic(splits[s]['accuracy'])} | {format_statistic(splits[s]['worst_group_accuracy'])}"
+            for s in _splits(summary)
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "`test` is unconfounded on the built-in data; `test-anti` never shows a digit in its training colour.",
+        "",
+        "## Time per stage (s)",
+        "",
+        " ".join(f"{name}: {value}" for name, value in summary["seconds"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _splits(summary: dict) -> list[str]:
+    first = next(iter(summary["classifiers"].values()), {})
+    return [split for split in first if split != "train"]
+
+
+def _quality_rows(quality: dict) -> list[tuple[str, dict]]:
+    return [(f"{group} edits ({quality[group]['rows']})", quality[group]) for group in ("all", "rare", "absent")]
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

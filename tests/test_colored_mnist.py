@@ -27,10 +27,10 @@ from cfgen.data.colored_mnist import (
     population_joint,
     render,
     render_counterfactual,
-    write_exact_counterfactuals,
 )
 from cfgen.data.table import read_imagefolder
 from cfgen.errors import CfgenError
+from cfgen.generator.generation import generate_counterfactuals
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = (("digit", "fg_color", 0.9), ("fg_color", "bg_color", 0.7))
@@ -150,10 +150,10 @@ def test_thickness_orders_stroke_mass_and_thin_keeps_strokes() -> None:
         assert np.all(thin == FG_COLORS["red"], axis=-1).any()
 
 
-def test_write_exact_counterfactuals(small32: Path, tmp_path: Path) -> None:
+def test_exact_counterfactual_folder(small32: Path, tmp_path: Path) -> None:
     source = read_imagefolder(small32)
     rows = np.flatnonzero(source.columns["split"] == "test-anti")
-    out = write_exact_counterfactuals(small32, "fg_color=*", tmp_path / "cf", split="test-anti")
+    out = generate_counterfactuals(small32, "fg_color=*", tmp_path / "cf", generator="exact", split="test-anti")
     table = read_imagefolder(out)
     assert len(table) == 9 * len(rows)
     source_rows = table.columns["cf_source_row"].astype(int)
@@ -167,26 +167,26 @@ def test_write_exact_counterfactuals(small32: Path, tmp_path: Path) -> None:
         expected = render_counterfactual(small32, int(source_rows[i]), {"fg_color": table.columns["fg_color"][i]})
         assert np.array_equal(pixels(table.image_paths[i]), expected)
     with pytest.raises(CfgenError, match="already exists"):
-        write_exact_counterfactuals(small32, "fg_color=*", out, split="test-anti")
-    joint = write_exact_counterfactuals(small32, "bg_color=random,thickness=thick", out, overwrite=True)
+        generate_counterfactuals(small32, "fg_color=*", generator="exact", out=out, split="test-anti")
+    joint = generate_counterfactuals(small32, "bg_color=random,thickness=thick", out, generator="exact", overwrite=True)
     assert len(read_imagefolder(joint)) == len(source)
 
 
 def test_bad_interventions_and_folders(small32: Path, small_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(CfgenError, match=r"no exact counterfactual.*fg_color, bg_color, thickness"):
-        write_exact_counterfactuals(small32, "digit=3", tmp_path / "a")
+        generate_counterfactuals(small32, "digit=3", generator="exact", out=tmp_path / "a")
     with pytest.raises(CfgenError, match="no exact counterfactual"):
         render_counterfactual(small32, 0, {"digit": "3"})
     with pytest.raises(CfgenError, match="valid values"):
-        write_exact_counterfactuals(small32, "fg_color=teal", tmp_path / "b")
+        generate_counterfactuals(small32, "fg_color=teal", generator="exact", out=tmp_path / "b")
     with pytest.raises(CfgenError, match="valid values"):
         render_counterfactual(small32, 0, {"fg_color": "teal"})
     with pytest.raises(CfgenError, match="unknown attribute 'shade'"):
-        write_exact_counterfactuals(small32, "shade=dark", tmp_path / "c")
+        generate_counterfactuals(small32, "shade=dark", generator="exact", out=tmp_path / "c")
     with pytest.raises(CfgenError, match="unknown attribute 'shade'"):
         render_counterfactual(small32, 0, {"shade": "dark"})
     with pytest.raises(CfgenError, match="not a built-in colored-MNIST"):
-        write_exact_counterfactuals(small_folder, "color=*", tmp_path / "d")
+        generate_counterfactuals(small_folder, "color=*", generator="exact", out=tmp_path / "d")
     assert [p.name for p in tmp_path.iterdir()] == ["small"]
 
 

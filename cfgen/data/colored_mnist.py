@@ -22,7 +22,6 @@ from PIL import Image
 from scipy import ndimage
 
 import cfgen
-from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
 from cfgen.data.table import (
     CARD_FILE,
     FILE_COLUMN,
@@ -33,7 +32,6 @@ from cfgen.data.table import (
     write_metadata,
 )
 from cfgen.errors import CfgenError
-from cfgen.interventions import parse_intervention, plan_requests
 from cfgen.io import atomic_output_dir, write_run_record
 
 BUILTIN_NAME = "colored-mnist"
@@ -381,7 +379,7 @@ def make_colored_mnist(config: ColoredMNISTConfig, out: Path, overwrite: bool = 
     return Path(out)
 
 
-def _open_builtin(dataset_dir: str | Path) -> tuple[MetadataTable, np.ndarray, int]:
+def open_builtin(dataset_dir: str | Path) -> tuple[MetadataTable, np.ndarray, int]:
     """The folder's table, the digits it was rendered from and its image size, or a one-line error."""
     table = read_imagefolder(dataset_dir)
     builtin = table.card.get("builtin") or {}
@@ -404,7 +402,7 @@ def _open_builtin(dataset_dir: str | Path) -> tuple[MetadataTable, np.ndarray, i
     return table, images, int(builtin["config"]["image_size"])
 
 
-def _refuse_label_edit() -> None:
+def refuse_label_edit() -> None:
     raise CfgenError(
         f"{LABEL!r} has no exact counterfactual (a different digit has a different shape); "
         f"attributes that can be edited: {', '.join(ATTRIBUTES)}"
@@ -417,49 +415,17 @@ def _row_factors(table: MetadataTable, row: int) -> dict[str, str]:
 
 def render_counterfactual(dataset_dir: str | Path, row: int, target: dict[str, str]) -> np.ndarray:
     """The exact counterfactual of metadata row ``row``: its source digit re-rendered with ``target``."""
-    table, images, image_size = _open_builtin(dataset_dir)
+    table, images, image_size = open_builtin(dataset_dir)
     if not 0 <= row < len(table):
         raise CfgenError(f"row {row} is out of range; {dataset_dir} has rows 0 to {len(table) - 1}")
     for name, value in target.items():
         if name == LABEL:
-            _refuse_label_edit()
+            refuse_label_edit()
         if name not in ATTRIBUTES:
             raise CfgenError(f"unknown attribute {name!r}; attributes that can be edited: {', '.join(ATTRIBUTES)}")
         _checked_value(FACTOR_BY_NAME[name], value)
     source = int(table.column(SOURCE_COLUMN)[row])
     return render(images, source, {**_row_factors(table, row), **target}, image_size)
-
-
-def write_exact_counterfactuals(
-    dataset_dir: str | Path,
-    intervention: str,
-    out: Path,
-    split: str | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> Path:
-    """Write the ground-truth counterfactual folder of ``intervention`` over a built-in dataset (or one split)."""
-    table, images, image_size = _open_builtin(dataset_dir)
-    schema = table.schema()
-    parsed = parse_intervention(intervention, schema)
-    if LABEL in parsed.attributes:
-        _refuse_label_edit()
-    rows = None
-    if split not in (None, "all"):
-        table.split(split)  # refuses an unknown split, listing the valid ones
-        rows = np.flatnonzero(table.column(SPLIT_COLUMN) == split).tolist()
-    requests = plan_requests(table, schema, parsed, seed=seed, rows=rows)
-    sources = table.column(SOURCE_COLUMN)
-    with atomic_output_dir(out, overwrite) as staging:
-        (staging / image_name(0)).parent.mkdir(parents=True)
-        for index, request in enumerate(requests):
-            factors = {**_row_factors(table, request.row), **request.target}
-            image = render(images, int(sources[request.row]), factors, image_size)
-            Image.fromarray(image).save(staging / image_name(index))
-        write_counterfactual_folder(staging, dataset_dir, table, requests, parsed, generator="exact")
-        record = {"dataset": str(Path(dataset_dir).resolve()), "intervention": str(parsed), "split": split}
-        write_run_record(staging, {**record, "generator": "exact", "requests": len(requests)}, seed=seed)
-    return Path(out)
 
 
 def _tie(text: str) -> tuple[str, str, float]:

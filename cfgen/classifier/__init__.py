@@ -1,0 +1,1 @@
+"""Classifiers: backbones, debiasing objectives and evaluation."""

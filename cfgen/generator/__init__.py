@@ -1,0 +1,1 @@
+"""The counterfactual generator: model, training under confounding, and inference."""

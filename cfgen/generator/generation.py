@@ -1,0 +1,428 @@
+"""``cfgen generate``: write a counterfactual dataset with a trained generator or the exact renderer.
+
+One mechanism serves both sources. The intervention is planned once, the same on every process,
+so request ``i`` is an identity: it goes to process ``i % world`` and its image to ``image_name(i)``
+inside a staging folder whose name follows from ``--out`` (``.CF.partial``). Each image is written
+atomically (temporary file, then ``os.replace``), so after an interruption every file present is
+complete; re-running the same command skips them and makes the rest. The settings a run was started
+with are stored in the staging folder and a re-run with other settings is refused, so one folder
+never mixes two kinds of counterfactuals. When every request has its image, the main process writes
+metadata.csv, the card, a grid of examples and the run record, and renames the folder into place.
+
+Requests are made in fixed batches (process ``r`` takes its requests in order, ``--batch-size`` at a
+time); a batch with any image missing is recomputed whole, so a resumed run gives the very images
+an uninterrupted one would (floating-point results can depend on the batch they are computed in).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torchvision
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cfgen.cli_options import add_output_arguments
+from cfgen.data import colored_mnist
+from cfgen.data.counterfactuals import image_name, metadata_digest, write_counterfactual_folder
+from cfgen.data.images import ImageFormat, load_images, to_model_range, to_uint8
+from cfgen.data.schema import Schema
+from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
+from cfgen.errors import CfgenError
+from cfgen.generator.inference import (
+    DEFAULT_INVERSION_DEPTH,
+    DEFAULT_STEPS,
+    InferenceSettings,
+    decode,
+    invert,
+    parse_guidance,
+)
+from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.training import MIXED_PRECISION_CHOICES, default_mixed_precision
+from cfgen.interventions import Request, parse_intervention, plan_requests
+from cfgen.io import check_output_dir, write_json, write_run_record
+
+EXACT = "exact"
+SETTINGS_FILE = "generation_settings.json"
+GRID_FILE = "examples.png"
+GRID_SOURCES = 8  # columns of the example grid
+GRID_COUNTERFACTUALS = 9  # rows of counterfactuals under the source row
+
+
+class CounterfactualSource(Protocol):
+    """What makes the images: the built-in renderer or a trained generator."""
+
+    name: str  # recorded in the cf_generator column
+    schema: Schema
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the images, for the resume check and the run record."""
+        ...
+
+    def make(self, table: MetadataTable, requests: Sequence[Request]) -> np.ndarray:
+        """uint8 (N, H, W, C) images, one per request."""
+        ...
+
+
+class ExactSource:
+    """The built-in datasets' renderer: each source digit re-drawn with the edited factors."""
+
+    name = EXACT
+
+    def __init__(self, data: Path, table: MetadataTable):
+        _, self.digits, self.image_size = colored_mnist.open_builtin(data)  # refuses other folders
+        self.schema = table.schema()
+        self.sources = table.column(colored_mnist.SOURCE_COLUMN)
+        self.factors = {factor.name: table.column(factor.name) for factor in colored_mnist.FACTORS}
+
+    def settings(self) -> dict[str, Any]:
+        return {"generator": EXACT, "renderer_version": colored_mnist.RENDERER_VERSION}
+
+    def make(self, table: MetadataTable, requests: Sequence[Request]) -> np.ndarray:
+        images = []
+        for request in requests:
+            factors = {name: str(column[request.row]) for name, column in self.factors.items()}
+            factors.update(request.target)
+            images.append(colored_mnist.render(self.digits, int(self.sources[request.row]), factors, self.image_size))
+        return np.stack(images)
+
+
+class GeneratorSource:
+    """A trained generator: DDIM inversion under the factual conditions, decoding under the targets."""
+
+    def __init__(self, generator: Generator, folder: Path, inference: InferenceSettings, mixed_precision: str):
+        self.generator = generator
+        self.folder = folder.resolve()
+        self.name = str(self.folder)
+        self.schema = generator.schema
+        self.inference = inference
+        self.mixed_precision = mixed_precision
+        self.device = process_state().device
+        generator.unet.to(self.device).eval()
+        generator.encoder.to(self.device).eval()
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "generator": self.name,
+            "generator_sha256": folder_digest(self.folder),
+            **self.inference.to_dict(),
+            "mixed_precision": self.mixed_precision,
+        }
+
+    def make(self, table: MetadataTable, requests: Sequence[Request]) -> np.ndarray:
+        # each source image is inverted once, however many counterfactuals the batch asks of it
+        rows = list(dict.fromkeys(request.row for request in requests))
+        of_request = [rows.index(request.row) for request in requests]
+        sources = table.select(np.array(rows))
+        images = to_model_range(load_images(sources.image_paths, self.generator.image_format)).to(self.device)
+        factual = self.generator.conditions(sources).to(self.device)
+        target = factual[of_request].clone()
+        for k, request in enumerate(requests):
+            for name, value in request.target.items():
+                variable = self.schema[name]
+                target[k, self.schema.names.index(name)] = (
+                    variable.code_of(value) if variable.is_discrete else float(value)
+                )
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed_precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            noise = invert(self.generator, images, factual, self.inference)
+            samples = decode(self.generator, noise[of_request], target, self.inference)
+        return to_uint8(samples)
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over a generator's model files: a retrained generator at the same path is another generator."""
+    digest = hashlib.sha256()
+    for path in sorted(p for sub in ("unet", "attribute_encoder", "scheduler") for p in (folder / sub).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    digest.update((folder / CONFIG_FILE).read_bytes())
+    return digest.hexdigest()
+
+
+def check_dataset_matches(schema: Schema, rows: MetadataTable, generator: str) -> None:
+    """Every column the generator conditions on exists, and holds only values it was trained with."""
+    missing = [name for name in schema.names if name not in rows.columns]
+    if missing:
+        raise CfgenError(
+            f"{rows.source} lacks column(s) {', '.join(missing)} that the generator {generator} was trained on; "
+            f"it needs: {', '.join(schema.names)}"
+        )
+    for variable in schema.variables:
+        if not variable.is_discrete:
+            variable.encode(rows.columns[variable.name])  # refuses values that are not numbers
+            continue
+        unknown = sorted(set(rows.columns[variable.name]) - set(variable.values))
+        if unknown:
+            raise CfgenError(
+                f"column {variable.name!r} of {rows.source} has value(s) {', '.join(map(repr, unknown[:5]))} that "
+                f"the generator {generator} was not trained with; its values: {', '.join(variable.values)}"
+            )
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """The choice, with auto resolved as in training (bf16 only where it is fast)."""
+    if choice not in MIXED_PRECISION_CHOICES:
+        raise CfgenError(f"unknown mixed precision {choice!r}; valid: {', '.join(MIXED_PRECISION_CHOICES)}")
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise CfgenError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no")
+    return default_mixed_precision() if choice == "auto" else choice
+
+
+def process_state() -> PartialState:
+    """This process's place among those ``accelerate launch`` started; ``PartialState()`` alone ignores
+    ACCELERATE_USE_CPU, so CPU processes would each think they were alone."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def staging_dir(out: Path) -> Path:
+    """The fixed place where a run to ``out`` builds its images, so a re-run finds them."""
+    return out.parent / f".{out.name}.partial"
+
+
+def generate_counterfactuals(
+    data: str | Path,
+    intervene: str,
+    out: str | Path,
+    generator: str | Path = EXACT,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    steps: int | None = None,
+    inversion_depth: float | None = None,
+    guidance: str | None = None,
+    mixed_precision: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write the counterfactual dataset of ``intervene`` over ``data`` (or one split) to ``out``.
+
+    ``limit`` keeps the first N source rows (of the split), for a quick look or a time budget.
+
+    Runs on every process of an ``accelerate launch``; returns when ``out`` is complete.
+    """
+    data, out = Path(data), Path(out)
+    if batch_size < 1:
+        raise CfgenError(f"--batch-size must be at least 1, not {batch_size}")
+    check_output_dir(out, overwrite)
+    table = read_imagefolder(data)
+    rows = None
+    if split not in (None, "all"):
+        table.split(split)  # refuses an unknown split, listing the valid ones
+        rows = np.flatnonzero(table.column(SPLIT_COLUMN) == split).tolist()
+    if limit is not None:
+        if limit < 1:
+            raise CfgenError(f"--limit must be at least 1, not {limit}")
+        rows = list(range(len(table)) if rows is None else rows)[:limit]
+    source: CounterfactualSource
+    if str(generator) == EXACT:
+        given = {"--steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance}
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra:
+            raise CfgenError(f"{extra[0]} applies to a trained generator, not to the exact renderer")
+        source = ExactSource(data, table)
+        intervention = parse_intervention(intervene, source.schema)
+        if colored_mnist.LABEL in intervention.attributes:
+            colored_mnist.refuse_label_edit()
+    else:
+        folder = Path(generator)
+        if not (folder / CONFIG_FILE).is_file():
+            raise CfgenError(
+                f"--generator {folder} is not a generator folder (it has no {CONFIG_FILE}); or give 'exact'"
+            )
+        model = Generator.load(folder)
+        check_dataset_matches(model.schema, table if rows is None else table.select(np.array(rows)), str(folder))
+        intervention = parse_intervention(intervene, model.schema)
+        inference = InferenceSettings(
+            steps=DEFAULT_STEPS if steps is None else steps,
+            inversion_depth=DEFAULT_INVERSION_DEPTH if inversion_depth is None else inversion_depth,
+            guidance=parse_guidance(guidance, model.schema, intervention.attributes),
+        )
+        source = GeneratorSource(model, folder, inference, resolve_mixed_precision(mixed_precision))
+    requests = plan_requests(table, source.schema, intervention, seed=seed, rows=rows)
+
+    record = {
+        "data": str(data.resolve()),
+        "data_metadata_sha256": metadata_digest(data),
+        "intervention": str(intervention),
+        "split": split,
+        "limit": limit,
+        "seed": seed,
+        "requests": len(requests),
+        **source.settings(),
+    }
+    state = process_state()
+    staging = _prepare_staging(state, staging_dir(out), record, overwrite)
+    _make_shard(state, source, table, requests, staging, batch_size, progress)
+    state.wait_for_everyone()
+    absent = [i for i in range(len(requests)) if not (staging / image_name(i)).is_file()]
+    if absent:  # checked on every process, so that all of them stop alike
+        raise CfgenError(
+            f"{len(absent)} of {len(requests)} counterfactuals are missing in {staging} (first: "
+            f"{image_name(absent[0])}); re-run the same command to make them"
+        )
+    if state.is_main_process:
+        for leftover in (staging / image_name(0)).parent.glob(".*.tmp"):
+            leftover.unlink()  # temporary files of an interrupted run
+        write_counterfactual_folder(staging, data, table, requests, intervention, generator=source.name)
+        write_example_grid(staging, table, requests)
+        (staging / SETTINGS_FILE).unlink()
+        write_run_record(staging, {**record, "batch_size": batch_size, "processes": state.num_processes}, seed=seed)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    state.wait_for_everyone()
+    return out
+
+
+def _prepare_staging(state: PartialState, staging: Path, record: dict[str, Any], overwrite: bool) -> Path:
+    """Check a partial run's settings on every process (so all refuse alike), then set up the folder."""
+    stored_path = staging / SETTINGS_FILE
+    current = json.loads(json.dumps(record))
+    stale = False
+    if stored_path.is_file():
+        stored = json.loads(stored_path.read_text())
+        changed = [key for key in sorted(set(stored) | set(current)) if stored.get(key) != current.get(key)]
+        if changed and not overwrite:
+            key = changed[0]
+            raise CfgenError(
+                f"{staging} holds a partial run with another {key} ({stored.get(key)!r}, now {current.get(key)!r}); "
+                "re-run that command to resume it, or pass --overwrite to start over"
+            )
+        stale = bool(changed)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if stale or (staging.exists() and not stored_path.is_file()):
+            shutil.rmtree(staging)
+        (staging / image_name(0)).parent.mkdir(parents=True, exist_ok=True)
+        if not stored_path.is_file():
+            _write_atomically(stored_path, lambda path: write_json(path, current))
+    state.wait_for_everyone()
+    return staging
+
+
+def _make_shard(
+    state: PartialState,
+    source: CounterfactualSource,
+    table: MetadataTable,
+    requests: Sequence[Request],
+    staging: Path,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Make this process's requests (``i % world == rank``) in fixed batches, skipping finished ones."""
+    mine = list(range(state.process_index, len(requests), state.num_processes))
+    bar = tqdm(total=len(mine), desc="counterfactuals", disable=not (progress and state.is_main_process))
+    for start in range(0, len(mine), batch_size):
+        batch = mine[start : start + batch_size]
+        missing = {i for i in batch if not (staging / image_name(i)).is_file()}
+        if missing:
+            images = source.make(table, [requests[i] for i in batch])
+            for i, image in zip(batch, images, strict=True):
+                if i in missing:
+                    _write_atomically(staging / image_name(i), lambda path, image=image: _save_png(image, path))
+        bar.update(len(batch))
+    bar.close()
+
+
+def _save_png(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, format="PNG")
+
+
+def _write_atomically(path: Path, write: Any) -> None:
+    """Write through a temporary name in the same folder, so ``path`` is either absent or complete."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def write_example_grid(folder: Path, table: MetadataTable, requests: Sequence[Request]) -> Path:
+    """A PNG whose first row holds source images and the rows below their counterfactuals, in plan order."""
+    by_row: dict[int, list[int]] = {}
+    for i, request in enumerate(requests):
+        if request.row in by_row or len(by_row) < GRID_SOURCES:
+            by_row.setdefault(request.row, []).append(i)
+    with Image.open(folder / image_name(0)) as first:
+        image_format = ImageFormat(first.size, first.mode)
+    sources = load_images(table.image_paths[list(by_row)], image_format)
+    depth = min(GRID_COUNTERFACTUALS, max(len(indices) for indices in by_row.values()))
+    blank = np.full_like(sources[0], 255)
+    rows = [list(sources)]
+    for k in range(depth):
+        paths = [folder / image_name(indices[k]) if k < len(indices) else None for indices in by_row.values()]
+        rows.append([load_images(np.array([p]), image_format)[0] if p else blank for p in paths])
+    tiles = torch.from_numpy(np.stack([tile for row in rows for tile in row])).permute(0, 3, 1, 2)
+    grid = torchvision.utils.make_grid(tiles, nrow=len(by_row), padding=2, pad_value=255)
+    path = folder / GRID_FILE
+    _save_png(grid.permute(1, 2, 0).numpy(), path)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``generate`` options."""
+    parser.add_argument("--generator", required=True, help="a trained generator folder, or 'exact' (built-in datasets)")
+    parser.add_argument("--data", required=True, help="source dataset folder")
+    parser.add_argument(
+        "--intervene", required=True, help='e.g. "fg_color=green", "fg_color=*", "fg_color=random,thickness=thick"'
+    )
+    add_output_arguments(parser, "counterfactual dataset folder")
+    parser.add_argument("--split", help="source rows: a split name or 'all' (default: all)")
+    parser.add_argument("--limit", type=int, help="only the first N source images (of the split)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of 'random' interventions (default 0)")
+    parser.add_argument("--batch-size", type=int, default=64, help="counterfactuals per batch and process (default 64)")
+    inference = parser.add_argument_group("trained generators (see docs/generator.md)")
+    inference.add_argument("--steps", type=int, help=f"DDIM steps each way (default {DEFAULT_STEPS})")
+    inference.add_argument(
+        "--inversion-depth",
+        type=float,
+        help=f"fraction of the noise range inverted, in (0, 1] (default {DEFAULT_INVERSION_DEPTH})",
+    )
+    inference.add_argument(
+        "--guidance",
+        help="classifier-free guidance: one weight for every intervened attribute, or name=weight,... "
+        "(default: 3 on the intervened attributes)",
+    )
+    inference.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION_CHOICES,
+        default="auto",
+        help="auto: bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    """``cfgen generate``; under several processes, leave without torch's gloo teardown (environment.md)."""
+    out = generate_counterfactuals(
+        data=args.data,
+        intervene=args.intervene,
+        out=args.out,
+        generator=args.generator,
+        split=args.split,
+        limit=args.limit,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        inversion_depth=args.inversion_depth,
+        guidance=args.guidance,
+        mixed_precision=args.mixed_precision,
+        overwrite=args.overwrite,
+    )
+    state = process_state()
+    if state.is_main_process:
+        print(f"wrote {out}")
+    if state.num_processes > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

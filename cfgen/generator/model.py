@@ -1,0 +1,147 @@
+"""The counterfactual generator: a diffusers UNet, the attribute encoder and the noise schedule.
+
+Saved as a folder that plain diffusers opens part by part:
+
+    unet/                 UNet2DModel.from_pretrained(folder, subfolder="unet")
+    attribute_encoder/    cfgen's AttributeEncoder (diffusers ModelMixin format)
+    scheduler/            DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    cfgen_generator.json  the schema (names, kinds, vocabularies), image format and training choices
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from cfgen.data.images import ImageFormat
+from cfgen.data.schema import Schema
+from cfgen.data.table import MetadataTable
+from cfgen.errors import CfgenError
+from cfgen.generator.conditioning import AttributeEncoder
+
+CONFIG_FILE = "cfgen_generator.json"
+
+# UNet sizes; "quick" trains in minutes on a laptop CPU, "full" is meant for a GPU.
+ARCHITECTURES = {
+    "tiny": {"block_out_channels": (16, 32), "layers_per_block": 1, "attention": False},
+    "quick": {"block_out_channels": (32, 64, 64), "layers_per_block": 1, "attention": False},
+    "full": {"block_out_channels": (64, 128, 256), "layers_per_block": 2, "attention": True},
+}
+
+
+def build_unet(image_format: ImageFormat, architecture: str) -> UNet2DModel:
+    """A UNet2DModel whose timestep embedding receives the attribute embedding (identity class embedding)."""
+    if architecture not in ARCHITECTURES:
+        raise CfgenError(f"unknown architecture {architecture!r}; valid: {', '.join(ARCHITECTURES)}")
+    spec = ARCHITECTURES[architecture]
+    channels = spec["block_out_channels"]
+    down = ["DownBlock2D"] * len(channels)
+    up = ["UpBlock2D"] * len(channels)
+    if spec["attention"]:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=image_format.size[1],
+        in_channels=image_format.channels,
+        out_channels=image_format.channels,
+        block_out_channels=channels,
+        layers_per_block=spec["layers_per_block"],
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=min(32, channels[0] // 2),
+        class_embed_type="identity",
+    )
+
+
+@dataclass
+class Generator:
+    """Everything needed to predict noise for an image under any (partially known) attributes."""
+
+    unet: UNet2DModel
+    encoder: AttributeEncoder
+    scheduler: DDPMScheduler
+    schema: Schema
+    image_format: ImageFormat
+    training: dict = field(default_factory=dict)  # the choices it was trained with, for the record
+
+    @classmethod
+    def create(cls, schema: Schema, image_format: ImageFormat, architecture: str = "quick") -> "Generator":
+        unet = build_unet(image_format, architecture)
+        encoder = AttributeEncoder.for_schema(schema, unet.config.block_out_channels[0] * 4)
+        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+        return cls(unet, encoder, scheduler, schema, image_format, {"architecture": architecture})
+
+    def modules(self) -> torch.nn.ModuleDict:
+        """The trainable parts as one module, for optimizers, EMA and accelerate."""
+        return torch.nn.ModuleDict({"unet": self.unet, "encoder": self.encoder})
+
+    def predict_noise(
+        self, sample: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.unet(sample, timesteps, class_labels=self.encoder(conditions, keep)).sample
+
+    def guided_noise(
+        self, sample: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor, guidance: dict[str, float]
+    ) -> torch.Tensor:
+        """Per-attribute classifier-free guidance in one batched forward pass.
+
+        eps = eps(all) + sum_a w_a * (eps(all) - eps(all but a)): each guided attribute is pushed
+        toward its requested value given every other variable.
+        """
+        names = [name for name, weight in guidance.items() if weight]
+        if not names:
+            return self.predict_noise(sample, timesteps, conditions)
+        batch, variables = conditions.shape
+        keep = torch.ones(len(names) + 1, batch, variables, dtype=torch.bool, device=conditions.device)
+        for j, name in enumerate(names, start=1):
+            keep[j, :, self.schema.names.index(name)] = False
+        repeat = len(names) + 1
+        noise = self.predict_noise(
+            sample.repeat(repeat, 1, 1, 1),
+            timesteps.repeat(repeat) if timesteps.ndim else timesteps,
+            conditions.repeat(repeat, 1),
+            keep.reshape(repeat * batch, variables),
+        ).reshape(repeat, *sample.shape)
+        full = noise[0]
+        return full + sum(guidance[name] * (full - noise[j]) for j, name in enumerate(names, start=1))
+
+    def conditions(self, table: MetadataTable) -> torch.Tensor:
+        """(N, V) float tensor of codes and values for the rows of a table, checked against the schema."""
+        missing = [name for name in self.schema.names if name not in table.columns]
+        if missing:
+            raise CfgenError(
+                f"{table.source} lacks column {missing[0]!r} that the generator was trained on; "
+                f"the generator needs: {', '.join(self.schema.names)}"
+            )
+        encoded = self.schema.encode(table.columns)
+        return torch.from_numpy(np.stack([encoded[n] for n in self.schema.names], axis=1).astype(np.float32))
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.unet.save_pretrained(folder / "unet")
+        self.encoder.save_pretrained(folder / "attribute_encoder")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        config = {
+            "schema": self.schema.to_dict(),
+            "image_format": {"size": list(self.image_format.size), "mode": self.image_format.mode},
+            "training": self.training,
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Generator":
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).is_file():
+            raise CfgenError(f"{folder} is not a cfgen generator folder: it has no {CONFIG_FILE}")
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        image_format = ImageFormat(tuple(config["image_format"]["size"]), config["image_format"]["mode"])
+        return cls(
+            UNet2DModel.from_pretrained(folder / "unet"),
+            AttributeEncoder.from_pretrained(folder / "attribute_encoder"),
+            DDPMScheduler.from_pretrained(folder / "scheduler"),
+            Schema.from_dict(config["schema"]),
+            image_format,
+            config["training"],
+        )

@@ -1,0 +1,754 @@
+"""Training the counterfactual generator with Accelerate, written like accelerate's example scripts.
+
+The same code runs on a CPU, one GPU, several GPUs or several machines (``accelerate launch
+train_generator.py ...``): only the main process writes files, logs and shows progress. The output
+folder, on a filesystem every process sees:
+
+    training_config.json           the resolved configuration; --resume checks it
+    checkpoints/checkpoint-N/      accelerate save_state (model, optimizer, EMA, RNG, step), latest few
+    judges/                        the frozen attribute classifiers of --deconfound consistency
+    samples/step-N.png             previews: originals, factual decode, one edited row per attribute
+    logs/                          tensorboard, when it is installed
+    unet/ attribute_encoder/ scheduler/ run.json cfgen_generator.json
+                                   the final generator (EMA weights); cfgen_generator.json is written
+                                   last, so a folder holding it is complete
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_tensorboard_available, set_seed
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from cfgen.cli_options import add_dataset_arguments, add_output_arguments
+from cfgen.data.adapters import open_dataset
+from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
+from cfgen.data.schema import Schema
+from cfgen.data.table import MetadataTable
+from cfgen.errors import CfgenError
+from cfgen.generator.deconfounding import (
+    JUDGES_CONFIG,
+    JUDGES_FOLDER,
+    AttributeJudges,
+    ConsistencyObjective,
+    ConsistencySettings,
+    discrete_columns,
+    editable_columns,
+    effective_sample_size,
+    label_groups,
+    pair_counts,
+    parse_deconfound,
+    reweight_weights,
+    train_judges,
+)
+from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings, decode, invert
+from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
+from cfgen.io import write_json, write_run_record
+
+TRAINING_CONFIG_FILE = "training_config.json"
+CHECKPOINTS_FOLDER = "checkpoints"
+SAMPLES_FOLDER = "samples"
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+MAX_GRAD_NORM = 1.0
+PREVIEW_EXAMPLES = 8
+
+# Values a preset fills in; an explicit flag or keyword wins. quick: minutes on a 2-core CPU for
+# colored MNIST (6,000 images of 28 px); full: a GPU run; tiny: seconds, for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "architecture": "tiny",
+        "steps": 4,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "ema_decay": 0.9,
+        "checkpoint_every": 2,
+        "sample_every": 0,
+        "log_every": 1,
+        "judge_steps": 4,
+        "judge_batch_size": 8,
+    },
+    "quick": {
+        "architecture": "quick",
+        "steps": 400,
+        "batch_size": 64,
+        "learning_rate": 1e-3,
+        "warmup_steps": 50,
+        "ema_decay": 0.999,
+        "checkpoint_every": 200,
+        "sample_every": 200,
+        "log_every": 10,
+        "judge_steps": 200,
+        "judge_batch_size": 128,
+    },
+    "full": {
+        "architecture": "full",
+        "steps": 60_000,
+        "batch_size": 128,
+        "learning_rate": 2e-4,
+        "warmup_steps": 1000,
+        "ema_decay": 0.9999,
+        "checkpoint_every": 5000,
+        "sample_every": 5000,
+        "log_every": 50,
+        "judge_steps": 5000,
+        "judge_batch_size": 256,
+    },
+}
+# Settings that may differ when a run is resumed; everything else must match the stored configuration.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "out",
+        "steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "sample_every",
+        "log_every",
+        "mixed_precision",
+        "resume",
+        "overwrite",
+    }
+)
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run depends on; ``None`` means "the preset's value"."""
+
+    data: str
+    out: str
+    label: str | None = None
+    attributes: list[str] | None = None
+    kinds: dict[str, str] = field(default_factory=dict)
+    data_format: str = "auto"
+    split: str | None = None  # default: train if the dataset has that split, else every row
+    resize: int | None = None
+    preset: str = "quick"
+    architecture: str | None = None
+    steps: int | None = None
+    batch_size: int | None = None  # per process
+    gradient_accumulation_steps: int = 1
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    ema_decay: float | None = None
+    checkpoint_every: int | None = None  # 0: never
+    keep_checkpoints: int = 2
+    sample_every: int | None = None  # 0: never
+    log_every: int | None = None
+    judge_steps: int | None = None
+    judge_batch_size: int | None = None
+    deconfound: str | tuple[str, ...] = "none"
+    condition_dropout: float = 0.1
+    reweight_clip: float = 20.0
+    consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
+    mixed_precision: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+
+    def resolved(self) -> "TrainingConfig":
+        """The preset filled in, the choices parsed and every value checked."""
+        if self.preset not in PRESETS:
+            raise CfgenError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        filled = {
+            name: default if getattr(self, name) is None else getattr(self, name)
+            for name, default in PRESETS[self.preset].items()
+        }
+        config = replace(
+            self,
+            **filled,
+            data=str(Path(self.data).resolve()),
+            out=str(self.out),
+            deconfound=parse_deconfound(self.deconfound),
+        )
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise CfgenError(f"unknown architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
+        minimums = {
+            "steps": 1,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 0,
+            "checkpoint_every": 0,
+            "keep_checkpoints": 1,
+            "sample_every": 0,
+            "log_every": 1,
+            "judge_steps": 1,
+            "judge_batch_size": 1,
+        }
+        for name, minimum in minimums.items():
+            if getattr(self, name) < minimum:
+                raise CfgenError(f"--{name.replace('_', '-')} must be at least {minimum}, not {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise CfgenError(f"--learning-rate must be positive, not {self.learning_rate}")
+        if not 0 <= self.ema_decay < 1:
+            raise CfgenError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
+        if not 0 <= self.condition_dropout < 1:
+            raise CfgenError(f"--condition-dropout must be in [0, 1), not {self.condition_dropout}")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise CfgenError(
+                f"unknown mixed precision {self.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION_CHOICES)}"
+            )
+        if self.resume and self.overwrite:
+            raise CfgenError("--resume continues the run in --out and --overwrite replaces it; pass only one")
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready form, for training_config.json and run.json."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+def train_generator(data: str | Path, out: str | Path, **options: Any) -> Path:
+    """Python entry point: ``train_generator("data/cmnist", "runs/gen", preset="tiny", deconfound="reweight")``."""
+    return train(TrainingConfig(data=str(data), out=str(out), **options))
+
+
+def default_mixed_precision() -> str:
+    """bf16 where it is fast (a CUDA GPU with bf16, or a CPU with AMX tiles), else no mixed precision."""
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if torch.cpu._is_amx_tile_supported() else "no"
+
+
+class Denoiser(nn.Module):
+    """The generator's trainable parts behind one ``forward``, which DDP and mixed-precision autocast wrap."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.parts = generator.modules()
+        self.generator = generator
+
+    def forward(
+        self, sample: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.generator.predict_noise(sample, timesteps, conditions, keep)
+
+
+@dataclass
+class TrainingProgress:
+    """The optimizer step reached; checkpointed with the rest of the state (register_for_checkpointing)."""
+
+    step: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+def denoising_loss(
+    model: nn.Module, scheduler: DDPMScheduler, images: torch.Tensor, conditions: torch.Tensor, condition_dropout: float
+) -> torch.Tensor:
+    """DDPM epsilon objective; each variable is independently replaced by its null state with ``condition_dropout``."""
+    noise = torch.randn_like(images)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), device=images.device)
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    keep = torch.rand(conditions.shape, device=conditions.device) >= condition_dropout
+    return F.mse_loss(model(noisy, timesteps, conditions, keep).float(), noise)
+
+
+def training_loss(
+    model: nn.Module,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    conditions: torch.Tensor,
+    condition_dropout: float,
+    consistency: ConsistencyObjective | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss a training step minimises, and its parts (unweighted) for logging."""
+    parts = {"denoising": denoising_loss(model, scheduler, images, conditions, condition_dropout)}
+    total = parts["denoising"]
+    if consistency is not None:
+        terms = consistency(model, images, conditions)
+        weights = consistency.settings.weights()
+        total = total + sum(weights[term] * value for term, value in terms.items())
+        parts.update(terms)
+    return total, parts
+
+
+def train(config: TrainingConfig) -> Path:
+    """Train a generator; returns the output folder, complete when this returns."""
+    config = config.resolved()
+    out = Path(config.out)
+    mixed_precision = default_mixed_precision() if config.mixed_precision == "auto" else config.mixed_precision
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise CfgenError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        log_with="tensorboard" if is_tensorboard_available() else None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        # the encoder's null vector for continuous variables is unused when every variable is discrete
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    resume_from = resume_point(out, config)
+    set_seed(config.seed)
+
+    # Data: every training image in memory, as uint8.
+    data = load_training_data(config, progress=accelerator.is_local_main_process)
+    table, schema, images = data.table, data.schema, data.images
+    generator = Generator.create(schema, data.image_format, config.architecture)
+    conditions = generator.conditions(table)
+    if len(table) < config.batch_size * accelerator.num_processes:
+        raise CfgenError(
+            f"{len(table)} training images are fewer than one batch per process "
+            f"({config.batch_size} x {accelerator.num_processes}); lower --batch-size"
+        )
+    if "consistency" in config.deconfound:
+        config.consistency.check(schema, generator.scheduler.config.num_train_timesteps)
+    codes = conditions[:, discrete_columns(schema)].long().numpy()
+    record: dict[str, Any] = {}
+
+    # Deconfounding: a sampler toward the product of marginals, and/or the consistency objective.
+    sampler_weights = None
+    if "reweight" in config.deconfound:
+        sampler_weights = reweight_weights(codes, config.reweight_clip)
+        ess = effective_sample_size(sampler_weights)
+        record["reweight"] = {
+            "clip": config.reweight_clip,
+            "effective_sample_size": ess,
+            "ess_fraction": ess / len(codes),
+        }
+        accelerator.print(f"reweighting: effective sample size {ess:.0f} of {len(codes)} images")
+    _set_up_output(accelerator, out, config)  # every input is checked: now the folder may change
+    if config.resume and resume_from is None:
+        accelerator.print(f"--resume: {out} has no checkpoint yet; starting from step 0")
+    consistency = None
+    if "consistency" in config.deconfound:
+        judges, judges_record = _judges(accelerator, out, schema, images, codes, config)
+        consistency = ConsistencyObjective(
+            judges, schema, conditions, images, generator.scheduler.alphas_cumprod, config.consistency
+        )
+        record["consistency"] = {**asdict(config.consistency), "judges": {"folder": JUDGES_FOLDER, **judges_record}}
+
+    # Model, optimizer, data loader and schedule, prepared by accelerate; EMA of the prepared weights.
+    model = Denoiser(generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    lr_scheduler = get_scheduler(
+        "constant_with_warmup", optimizer, num_warmup_steps=config.warmup_steps * accelerator.num_processes
+    )
+    shuffle = torch.Generator().manual_seed(config.seed)  # the same order on every process; accelerate shards it
+    dataset = TensorDataset(torch.arange(len(table)))
+    if sampler_weights is None:
+        sampler = RandomSampler(dataset, generator=shuffle)
+    else:
+        sampler = WeightedRandomSampler(sampler_weights.tolist(), len(dataset), replacement=True, generator=shuffle)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    ema = EMAModel(
+        accelerator.unwrap_model(model).parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4
+    )
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(ema, progress)
+    set_seed(config.seed, device_specific=True)  # different noise on each process
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        ema.to(accelerator.device)
+        accelerator.print(f"resumed from {resume_from} at step {progress.step}")
+    resumed_from_step = progress.step or None
+    accelerator.init_trackers("train_generator", config=_flat(config.record()))
+    if "reweight" in record:
+        accelerator.log({"reweight/effective_sample_size": record["reweight"]["effective_sample_size"]}, step=0)
+    preview_rows, preview_edits = preview_setup(schema, conditions, config.seed)
+
+    progress_bar = tqdm(
+        total=config.steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process
+    )
+    window: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
+    window_batches = 0
+    logged: dict[str, float] = {}
+    while progress.step < config.steps:
+        for (rows,) in loader:
+            rows = rows.cpu()
+            batch = to_model_range(images[rows.numpy()]).to(accelerator.device)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, parts = training_loss(
+                        model,
+                        generator.scheduler,
+                        batch,
+                        conditions[rows].to(accelerator.device),
+                        config.condition_dropout,
+                        consistency,
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for name, value in {"loss": loss, **parts}.items():
+                window[name] = window.get(name, 0.0) + value.detach().float()
+            window_batches += 1
+            if not accelerator.sync_gradients:
+                continue
+            ema.step(accelerator.unwrap_model(model).parameters())
+            progress.step += 1
+            progress_bar.update(1)
+            step, last = progress.step, progress.step == config.steps
+            if step % config.log_every == 0 or last:
+                logged = _log(accelerator, window, window_batches, lr_scheduler.get_last_lr()[0], step)
+                progress_bar.set_postfix(loss=f"{logged['loss']:.4f}")
+                window, window_batches = {}, 0
+            if config.checkpoint_every and (step % config.checkpoint_every == 0 or last):
+                save_checkpoint(accelerator, out, step, config.keep_checkpoints)
+            if config.sample_every and (step % config.sample_every == 0 or last) and accelerator.is_main_process:
+                with _ema_weights(ema, accelerator.unwrap_model(model)), accelerator.autocast():
+                    grid = preview_grid(
+                        generator,
+                        to_model_range(images[preview_rows]).to(accelerator.device),
+                        conditions[preview_rows].to(accelerator.device),
+                        preview_edits,
+                    )
+                save_grid(grid, out / SAMPLES_FOLDER / f"step-{step:06d}.png")
+            if last:
+                break
+    progress_bar.close()
+
+    # The final model: EMA weights, the training choices, and the completion marker last.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ema.copy_to(accelerator.unwrap_model(model).parameters())
+        generator.training = {
+            "architecture": config.architecture,
+            "preset": config.preset,
+            "deconfound": list(config.deconfound),
+            "objective": "DDPM epsilon prediction",
+            "steps": progress.step,
+            "resumed_from_step": resumed_from_step,
+            "seed": config.seed,
+            "batch_size": config.batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "num_processes": accelerator.num_processes,
+            "effective_batch_size": config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
+            "learning_rate": config.learning_rate,
+            "ema_decay": config.ema_decay,
+            "condition_dropout": config.condition_dropout,
+            "mixed_precision": mixed_precision,
+            "data": {"path": config.data, "split": data.split, "images": len(table), "resize": config.resize},
+            "final_loss": logged,
+            **record,
+        }
+        save_final(generator, out, config.record(), config.seed)
+    accelerator.wait_for_everyone()
+    # Not end_training(): it also destroys the process group, which later stages of the same launch
+    # (the pipeline) still need.
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    return out
+
+
+@dataclass
+class TrainingData:
+    """The training rows, the schema (inferred over every split, so vocabularies are complete) and the images."""
+
+    table: MetadataTable
+    split: str
+    schema: Schema
+    image_format: ImageFormat
+    images: np.ndarray  # uint8 (N, H, W, C)
+
+
+def load_training_data(config: TrainingConfig, progress: bool = False) -> TrainingData:
+    full = open_dataset(config.data, config.data_format)
+    schema = full.schema(config.label, config.attributes, config.kinds)
+    split = config.split or ("train" if "train" in full.splits else "all")
+    table = full.split(split)
+    image_format = check_images(table, config.resize)
+    return TrainingData(table, split, schema, image_format, load_images(table.image_paths, image_format, progress))
+
+
+def resume_point(out: Path, config: TrainingConfig) -> Path | None:
+    """Apply the output-folder rules, writing nothing; returns the checkpoint to resume from, if any.
+
+    A run is refused when ``out`` exists, unless it is resumed (an interrupted run, or a finished one
+    given more --steps) or replaced (--overwrite).
+    """
+    if config.resume and out.exists():
+        stored = out / TRAINING_CONFIG_FILE
+        if not stored.is_file():
+            raise CfgenError(
+                f"{out} is not a generator training folder (it has no {TRAINING_CONFIG_FILE}); cannot --resume it"
+            )
+        _check_resumable(json.loads(stored.read_text()), config.record(), out)
+        checkpoints = list_checkpoints(out)
+        if (out / CONFIG_FILE).is_file():
+            done = checkpoints[-1][0] if checkpoints else None
+            if done is None or done >= config.steps:
+                raise CfgenError(
+                    f"{out} is a finished generator (trained for {done or 'an unknown number of'} steps); "
+                    "raise --steps to continue it, or pass --overwrite to train it again"
+                )
+        return checkpoints[-1][1] if checkpoints else None
+    if out.exists() and not config.overwrite:
+        raise CfgenError(
+            f"output folder {out} already exists; pass --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
+        )
+    return None
+
+
+def _set_up_output(accelerator: Accelerator, out: Path, config: TrainingConfig) -> None:
+    """Create (or replace) the folder and store the configuration, on the main process."""
+    accelerator.wait_for_everyone()  # every process has checked the folder before it changes
+    if accelerator.is_main_process:
+        if config.overwrite:
+            shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).unlink(missing_ok=True)  # incomplete until the new final model is written
+        write_json(out / TRAINING_CONFIG_FILE, config.record())
+    accelerator.wait_for_everyone()
+
+
+def _check_resumable(stored: dict[str, Any], current: dict[str, Any], out: Path) -> None:
+    changed = [name for name in current if name not in RESUMABLE_CHANGES and stored.get(name) != current[name]]
+    if changed:
+        name = changed[0]
+        raise CfgenError(
+            f"--resume with a different {name} ({stored.get(name)!r} -> {current[name]!r}) than the run in {out}; "
+            f"only {', '.join(sorted(RESUMABLE_CHANGES - {'out', 'resume', 'overwrite'}))} may change"
+        )
+
+
+def _judges(
+    accelerator: Accelerator, out: Path, schema: Schema, images: np.ndarray, codes: np.ndarray, config: TrainingConfig
+) -> tuple[AttributeJudges, dict]:
+    """Train the judges once, on the main process, into ``out/judges``; every process (and --resume) loads them."""
+    folder = out / JUDGES_FOLDER
+    columns = discrete_columns(schema)
+    names = [schema.names[i] for i in columns]
+    num_values = [schema.variables[i].num_values for i in columns]
+    if accelerator.is_main_process and not (folder / JUDGES_CONFIG).is_file():
+        judges, judges_record = train_judges(
+            images,
+            codes,
+            names,
+            num_values,
+            config.judge_steps,
+            config.judge_batch_size,
+            seed=config.seed,
+            device=accelerator.device,
+            progress=True,
+        )
+        partial = out / f".{JUDGES_FOLDER}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        judges.save(partial, judges_record)
+        os.replace(partial, folder)
+    accelerator.wait_for_everyone()
+    judges, judges_record = AttributeJudges.load(folder)
+    if judges.names != names or judges.num_values != num_values:
+        raise CfgenError(f"the judges in {folder} were trained for other variables ({', '.join(judges.names)})")
+    return judges.to(accelerator.device).requires_grad_(False), judges_record
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a training folder as (step, folder), oldest first."""
+    found = []
+    for path in (out / CHECKPOINTS_FOLDER).glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit():
+            found.append((int(step), path))
+    return sorted(found)
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
+    """accelerate save_state into a hidden folder, renamed when every process has written its part."""
+    partial = out / CHECKPOINTS_FOLDER / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = partial.with_name(f"checkpoint-{step}")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        for _, old in list_checkpoints(out)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def save_final(generator: Generator, out: Path, config: dict[str, Any], seed: int) -> None:
+    """Write the generator beside the training files; cfgen_generator.json goes in last, atomically."""
+    staging = out / ".generator.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    generator.save(staging)
+    for part in staging.iterdir():
+        if part.name != CONFIG_FILE:
+            shutil.rmtree(out / part.name, ignore_errors=True)
+            os.replace(part, out / part.name)
+    write_run_record(out, config, seed=seed)
+    os.replace(staging / CONFIG_FILE, out / CONFIG_FILE)
+    staging.rmdir()
+
+
+def _log(
+    accelerator: Accelerator, window: dict[str, torch.Tensor], batches: int, lr: float, step: int
+) -> dict[str, float]:
+    """Average the window's losses over its batches and over processes, then log them."""
+    names = sorted(window)
+    values = torch.stack([window[name] for name in names]) / batches
+    averaged = dict(zip(names, accelerator.reduce(values, reduction="mean").tolist(), strict=True))
+    accelerator.log({**averaged, "lr": lr}, step=step)
+    return averaged
+
+
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    """Tensorboard hyperparameters must be scalars: nested values become JSON strings."""
+    return {k: v if isinstance(v, int | float | str | bool) else json.dumps(v) for k, v in record.items()}
+
+
+@contextmanager
+def _ema_weights(ema: EMAModel, model: nn.Module) -> Iterator[None]:
+    """Swap the EMA weights into ``model`` for the block, then put the training weights back."""
+    parameters = list(model.parameters())
+    ema.store(parameters)
+    ema.copy_to(parameters)
+    try:
+        yield
+    finally:
+        ema.restore(parameters)
+
+
+def preview_setup(
+    schema: Schema, conditions: torch.Tensor, seed: int
+) -> tuple[np.ndarray, list[tuple[str, torch.Tensor]]]:
+    """Fixed preview examples, and for each discrete attribute their conditions with that attribute set to
+    the value it was rarest with, given the label, in training: the hard case of a confounded model."""
+    codes = conditions.long().numpy()
+    rows = np.sort(np.random.default_rng(seed).choice(len(codes), min(PREVIEW_EXAMPLES, len(codes)), replace=False))
+    groups, num_groups = label_groups(schema, codes)
+    edits = []
+    for column in editable_columns(schema):
+        counts = pair_counts(groups, codes[:, column], num_groups, schema.variables[column].num_values).astype(float)
+        counts = counts[groups[rows]]
+        counts[np.arange(len(rows)), codes[rows, column]] = np.inf
+        edited = conditions[rows].clone()
+        edited[:, column] = torch.from_numpy(counts.argmin(1)).float()
+        edits.append((schema.names[column], edited))
+    return rows, edits
+
+
+@torch.no_grad()
+def preview_grid(
+    generator: Generator, images: torch.Tensor, conditions: torch.Tensor, edits: list[tuple[str, torch.Tensor]]
+) -> np.ndarray:
+    """Rows: the originals, their reconstruction (inverted and decoded under their own conditions), then
+    one row of counterfactuals per edit, made as ``cfgen generate`` makes them with its default settings."""
+    noise = invert(generator, images, conditions, InferenceSettings())
+    rows = [images, decode(generator, noise, conditions, InferenceSettings())]
+    for name, target in edits:
+        rows.append(decode(generator, noise, target, InferenceSettings(guidance={name: DEFAULT_GUIDANCE})))
+    return np.concatenate([np.concatenate(list(to_uint8(row)), axis=1) for row in rows], axis=0)
+
+
+def save_grid(grid: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train-generator`` options."""
+    parser.add_argument("--data", required=True, help="dataset folder")
+    add_output_arguments(parser, "generator folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add_dataset_arguments(parser)
+    parser.add_argument("--split", help="training rows: a split name or 'all' (default: train if present)")
+    parser.add_argument("--resize", type=int, help="resize every image to NxN RGB")
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), default="quick", help="tiny, quick (CPU minutes), full (GPU)"
+    )
+
+    preset = parser.add_argument_group("preset values (override the preset)")
+    preset.add_argument("--architecture", choices=list(ARCHITECTURES))
+    preset.add_argument("--steps", type=int, help="optimizer steps")
+    preset.add_argument("--batch-size", type=int, help="images per process per step")
+    preset.add_argument("--learning-rate", type=float)
+    preset.add_argument("--warmup-steps", type=int)
+    preset.add_argument("--ema-decay", type=float, help="largest EMA decay (reached with warmup)")
+    preset.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: never)")
+    preset.add_argument("--sample-every", type=int, help="steps between preview grids (0: never)")
+    preset.add_argument("--log-every", type=int)
+    preset.add_argument("--judge-steps", type=int, help="training steps of the consistency judges")
+    preset.add_argument("--judge-batch-size", type=int)
+
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--keep-checkpoints", type=int, default=2, help="latest checkpoints kept (default 2)")
+    parser.add_argument("--condition-dropout", type=float, default=0.1, help="per-variable dropout (default 0.1)")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION_CHOICES,
+        default="auto",
+        help="auto: bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+
+    debias = parser.add_argument_group("deconfounding (see docs/generator.md)")
+    debias.add_argument("--deconfound", default="none", help="none, or reweight and/or consistency (comma-separated)")
+    debias.add_argument("--reweight-clip", type=float, default=20.0, help="largest sampling weight (default 20)")
+    defaults = ConsistencySettings()
+    debias.add_argument(
+        "--edit-fraction",
+        type=float,
+        default=defaults.edit_fraction,
+        help=f"share of each batch edited (default {defaults.edit_fraction})",
+    )
+    for term in ("effectiveness", "preservation", "cycle", "contrastive"):
+        weight = getattr(defaults, f"{term}_weight")
+        debias.add_argument(f"--{term}-weight", type=float, default=weight, help=f"default {weight}")
+    debias.add_argument(
+        "--consistency-min-timestep",
+        dest="min_timestep",
+        type=int,
+        default=defaults.min_timestep,
+        help=f"edited images are noised to t in [min, max) (default {defaults.min_timestep})",
+    )
+    debias.add_argument(
+        "--consistency-max-timestep",
+        dest="max_timestep",
+        type=int,
+        default=defaults.max_timestep,
+        help=f"default {defaults.max_timestep}",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """The configuration the parsed ``train-generator`` options describe."""
+    consistency = ConsistencySettings(**{f.name: getattr(args, f.name) for f in fields(ConsistencySettings)})
+    given = {f.name: getattr(args, f.name) for f in fields(TrainingConfig) if f.name in vars(args)}
+    return TrainingConfig(**{**given, "data_format": args.format, "consistency": consistency})
+
+
+def run(args: argparse.Namespace) -> None:
+    """``cfgen train-generator``: train, then leave cleanly when several processes ran."""
+    out = train(config_from_args(args))
+    state = PartialState()
+    if state.is_main_process:
+        print(f"wrote {out}")
+    if state.num_processes > 1:
+        # torch's gloo teardown sometimes aborts a finished rank (environment.md): leave without it
+        state.wait_for_everyone()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,0 +1,327 @@
+"""Counterfactual inference and generation: DDIM inversion reconstructs, two processes write every row
+once, an interrupted run resumes to the same images, bad input is refused, and the metrics can tell an
+exact counterfactual from an unedited copy."""
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_folder
+from PIL import Image
+
+from cfgen.cli import main
+from cfgen.counterfactual_metrics import evaluate_counterfactuals
+from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist, render_counterfactual
+from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
+from cfgen.data.images import load_images, to_model_range
+from cfgen.data.table import read_imagefolder
+from cfgen.errors import CfgenError
+from cfgen.generator.generation import staging_dir
+from cfgen.generator.inference import InferenceSettings, counterfactuals, decode, invert, parse_guidance
+from cfgen.generator.model import Generator
+from cfgen.generator.training import train_generator
+from cfgen.interventions import parse_intervention, plan_requests
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+# the plan most tests generate: one random colour edit for each of the 12 test digits, in batches of 2
+PLAN = ["--intervene", "fg_color=random", "--split", "test", "--steps", "6", "--batch-size", "2"]
+JUDGE = {"judge_steps": 200, "judge_batch_size": 32, "judge_images": 1000}  # a weak judge, for speed
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = ColoredMNISTConfig(strength=0.9, sizes={"train": 160, "validation": 36, "test": 12}, seed=2)
+    return make_colored_mnist(config, tmp_path_factory.mktemp("data") / "cmnist")
+
+
+@pytest.fixture(scope="module")
+def generator(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generator after a few dozen steps: enough for structure, far from a good model."""
+    out = tmp_path_factory.mktemp("gen") / "gen"
+    return train_generator(
+        dataset, out, preset="tiny", steps=40, batch_size=16, learning_rate=3e-3, ema_decay=0.0,
+        checkpoint_every=0, mixed_precision="no",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(dataset: Path, generator: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted single-process run of PLAN."""
+    out = tmp_path_factory.mktemp("ref") / "cf"
+    assert cli("generate", "--generator", str(generator), "--data", str(dataset), *PLAN, "--out", str(out)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def judge_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("judges")
+
+
+def cli(*args: str) -> int:
+    return main(list(args))
+
+
+def pixels(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)).astype(int) for p in sorted((folder / "images").iterdir())}
+
+
+def rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "metadata.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.clamp(-1, 1) - b) ** 2).mean() / 4)  # on the [0, 1] scale
+
+
+def test_inversion_then_decoding_reconstructs(dataset: Path, generator: Path) -> None:
+    model = Generator.load(generator)
+    table = read_imagefolder(dataset).split("test")
+    images = to_model_range(load_images(table.image_paths[:8], model.image_format))
+    conditions = model.conditions(table)[:8]
+    for settings in (InferenceSettings(steps=10), InferenceSettings(steps=4, inversion_depth=0.3)):
+        noise = invert(model, images, conditions, settings)
+        decoded = decode(model, noise, conditions, settings)
+        assert torch.equal(decoded, counterfactuals(model, images, conditions, conditions, settings))  # deterministic
+        reconstruction = mse(decoded, images)
+        scale = noise.std() if settings.inversion_depth == 1 else 1.0
+        alpha = model.scheduler.alphas_cumprod[int(settings.inversion_depth * 1000) - 1]
+        start = torch.randn(noise.shape, generator=torch.Generator().manual_seed(0)) * scale
+        if settings.inversion_depth < 1:  # the same noise level, but from the wrong image
+            start = alpha.sqrt() * images.roll(1, 0) + (1 - alpha).sqrt() * start
+        unrelated = mse(decode(model, start, conditions, settings), images)
+        assert reconstruction < 0.1 * unrelated and reconstruction < 0.01, (settings, reconstruction, unrelated)
+
+
+def test_guidance_syntax(generator: Path) -> None:
+    schema = Generator.load(generator).schema
+    assert parse_guidance(None, schema, ["fg_color"]) == {"fg_color": 3.0}
+    assert parse_guidance("1.5", schema, ["fg_color", "thickness"]) == {"fg_color": 1.5, "thickness": 1.5}
+    assert parse_guidance("fg_color=2, digit=1", schema, ["fg_color"]) == {"fg_color": 2.0, "digit": 1.0}
+    for text, message in [("colour=2", "unknown attribute 'colour'"), ("fg_color=x", "must be a number"),
+                          ("fg_color=1,fg_color=2", "appears twice"), ("nan", "finite")]:  # fmt: skip
+        with pytest.raises(CfgenError, match=message):
+            parse_guidance(text, schema, ["fg_color"])
+
+
+def test_two_processes_write_every_row_once(dataset: Path, generator: Path, reference: Path, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "cf"
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]  # fmt: skip
+    command = [sys.executable, *launch, "-m", "cfgen.cli", "generate", "--generator", str(generator),
+               "--data", str(dataset), *PLAN, "--out", str(out)]  # fmt: skip
+    env = {**ENV, "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1
+    table = read_imagefolder(dataset)
+    schema = Generator.load(generator).schema
+    plan = plan_requests(table, schema, parse_intervention("fg_color=random", schema), rows=range(196, 208))
+    written = rows(out)
+    assert [row["file_name"] for row in written] == [image_name(i) for i in range(len(plan))]
+    assert [(int(row["cf_source_row"]), row["fg_color"]) for row in written] == [
+        (request.row, request.target["fg_color"]) for request in plan
+    ]
+    assert sorted(p.name for p in (out / "images").iterdir()) == [Path(image_name(i)).name for i in range(len(plan))]
+    assert not staging_dir(out).exists()
+    # each process made its own share, and the right images: the same as one process, up to rounding
+    ours, theirs = pixels(out), pixels(reference)
+    assert ours.keys() == theirs.keys()
+    assert max(np.abs(ours[name] - theirs[name]).max() for name in ours) <= 2
+
+
+def test_killed_run_resumes_to_the_same_images(dataset: Path, generator: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cf"
+    command = [sys.executable, "-m", "cfgen.cli", "generate", "--generator", str(generator),
+               "--data", str(dataset), *PLAN, "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    images = staging_dir(out) / "images"
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if images.is_dir() and len(list(images.glob("*.png"))) >= 2:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:] if process.stderr else ""
+    process.stderr.close()
+    done = len(list(images.glob("*.png")))
+    assert 2 <= done < 12 and not out.exists()
+
+    # another setting is refused, with the partial run kept
+    assert cli("generate", "--generator", str(generator), "--data", str(dataset), *PLAN, "--steps", "5",
+               "--out", str(out)) == 2  # fmt: skip
+    assert len(list(images.glob("*.png"))) == done
+    before = {p.name: p.stat().st_mtime_ns for p in images.glob("*.png")}
+
+    assert cli("generate", "--generator", str(generator), "--data", str(dataset), *PLAN, "--out", str(out)) == 0
+    assert not staging_dir(out).exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir() if p.name in before} == before
+    ours, theirs = pixels(out), pixels(reference)
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[name], theirs[name]) for name in ours)
+    assert rows(out) == rows(reference)
+    assert (out / "examples.png").is_file() and (out / "run.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--intervene", "colour=red"], "unknown attribute 'colour'; valid names: digit, fg_color"),
+        (["--intervene", "fg_color=teal"], "'teal' is not a value of 'fg_color'; valid values: red, orange"),
+        (["--intervene", "fg_color"], "write attribute=value"),
+        (["--intervene", "fg_color=*", "--guidance", "colour=2"], "unknown attribute 'colour'"),
+        (["--intervene", "fg_color=*", "--inversion-depth", "1.5"], r"--inversion-depth must be in \(0, 1\]"),
+        (["--intervene", "fg_color=*", "--split", "nope"], "split 'nope' not found"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_written(
+    dataset: Path, generator: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    out = tmp_path / "cf"
+    assert cli("generate", "--generator", str(generator), "--data", str(dataset), *args, "--out", str(out)) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error
+    assert re.search(message, error), error
+    assert not out.exists() and not staging_dir(out).exists()
+
+
+def test_generator_and_dataset_must_match(dataset: Path, generator: Path, tmp_path: Path, capsys) -> None:
+    other = write_folder(tmp_path / "other", [{"digit": str(i % 2), "colour": "red"} for i in range(4)], (28, 28))
+    assert cli("generate", "--generator", str(generator), "--data", str(other), "--intervene", "fg_color=*",
+               "--out", str(tmp_path / "a")) == 2  # fmt: skip
+    assert "lacks column(s) fg_color, bg_color, thickness that the generator" in capsys.readouterr().err
+    # the same columns, but a colour the generator never saw
+    renamed = tmp_path / "renamed"
+    shutil.copytree(dataset, renamed)
+    table = rows(renamed)
+    table[-1]["fg_color"] = "teal"
+    with (renamed / "metadata.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    assert cli("generate", "--generator", str(generator), "--data", str(renamed), "--intervene", "fg_color=*",
+               "--split", "test", "--out", str(tmp_path / "b")) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    assert "column 'fg_color'" in error and "'teal'" in error and "was not trained with" in error
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_exact_generator_through_the_same_command(dataset: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "exact"
+    assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "fg_color=*",
+               "--split", "test", "--out", str(out)) == 0  # fmt: skip
+    written = rows(out)
+    assert len(written) == 12 * 9 and {row["cf_generator"] for row in written} == {"exact"}
+    truth = render_counterfactual(dataset, int(written[10]["cf_source_row"]), {"fg_color": written[10]["fg_color"]})
+    assert np.array_equal(np.asarray(Image.open(out / written[10]["file_name"])), truth)
+    assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "digit=3",
+               "--out", str(tmp_path / "a")) == 2  # fmt: skip
+    assert "no exact counterfactual" in capsys.readouterr().err
+    assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "fg_color=*",
+               "--steps", "3", "--out", str(tmp_path / "b")) == 2  # fmt: skip
+    assert "--steps applies to a trained generator" in capsys.readouterr().err
+    assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "fg_color=*",
+               "--split", "test", "--out", str(out)) == 2  # fmt: skip
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
+    dataset: Path, tmp_path: Path, judge_cache: Path
+) -> None:
+    exact = tmp_path / "exact"
+    assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "fg_color=*",
+               "--split", "validation", "--out", str(exact)) == 0  # fmt: skip
+    good = evaluate_counterfactuals(exact, dataset, exact=exact, judge_cache=judge_cache, **JUDGE)
+    accuracy = good["judge_accuracy_on_sources"]
+    assert accuracy["fg_color"] == accuracy["bg_color"] == 1.0 and accuracy["digit"] > 0.4
+    scores = good["all"]
+    assert scores["rows"] == good["exact_matched"] == 36 * 9 and scores["mse_to_exact"] == 0.0
+    assert scores["effectiveness"] == {"fg_color": 1.0, "all": 1.0} and scores["preservation"]["bg_color"] == 1.0
+    for name in ("digit", "thickness"):  # an unconfounded judge reads the same after a colour edit
+        assert scores["preservation"][name] == pytest.approx(accuracy[name], abs=0.15)
+        assert scores["agreement_with_source"][name] > 0.6
+    assert 0 < good["rare"]["rows"] < 36 * 9 and good["absent"]["rows"] <= good["rare"]["rows"]
+    assert good["rare"]["effectiveness"]["fg_color"] == 1.0
+
+    # the same rows, but every image is its unedited source
+    unedited = tmp_path / "unedited"
+    shutil.copytree(exact, unedited)
+    for row in rows(unedited):
+        shutil.copy(dataset / row["cf_source"], unedited / row["file_name"])
+    out = tmp_path / "metrics"
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
+    assert cli("evaluate-counterfactuals", "--counterfactuals", str(unedited), "--data", str(dataset),
+               "--exact", str(exact), "--out", str(out), "--judge-cache", str(judge_cache), *flags) == 0  # fmt: skip
+    bad = json.loads((out / "metrics.json").read_text())
+    assert bad["judges"]["folder"] == good["judges"]["folder"]  # cached, not retrained
+    assert bad["all"]["effectiveness"]["fg_color"] == 0.0 and bad["all"]["mse_to_exact"] > 0.01
+    assert bad["all"]["preservation"]["bg_color"] == 1.0
+    assert bad["all"]["preservation"]["digit"] == pytest.approx(accuracy["digit"], abs=1e-9)
+    assert bad["all"]["agreement_with_source"]["all"] == 1.0  # the very source images
+
+
+def _square_image(y: str, color: str, rng: np.random.Generator) -> np.ndarray:
+    """A 16 px image: the colour fills it, label 1 adds a white square in a corner."""
+    image = np.array({"red": (220, 30, 30), "green": (30, 220, 30)}[color]) + rng.integers(-20, 20, (16, 16, 3))
+    if y == "1":
+        image[2:7, 2:7] = 255
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_metrics_on_other_datasets_use_group_balanced_judges(tmp_path: Path, judge_cache: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "squares"
+    (data / "images").mkdir(parents=True)
+    table_rows = []
+    for i in range(140):  # y and color agree in 28 of 30 training rows; the test rows are balanced
+        y, train = str(i % 2), i < 120
+        color = ("red", "green")[int(y) ^ (i % 30 >= 28)] if train else ("red", "green")[(i // 2) % 2]
+        Image.fromarray(_square_image(y, color, rng)).save(data / "images" / f"{i}.png")
+        table_rows.append(
+            {"file_name": f"images/{i}.png", "y": y, "color": color, "split": "train" if train else "test"}
+        )
+    with (data / "metadata.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table_rows[0]))
+        writer.writeheader()
+        writer.writerows(table_rows)
+
+    table = read_imagefolder(data)
+    schema = table.schema("y")
+    intervention = parse_intervention("color=*", schema)
+    requests = plan_requests(table, schema, intervention, rows=range(120, 140))
+    scores = {}
+    for kind in ("edited", "unedited"):
+        folder = tmp_path / kind
+        (folder / "images").mkdir(parents=True)
+        for i, request in enumerate(requests):
+            color = request.target["color"] if kind == "edited" else table.columns["color"][request.row]
+            image = _square_image(table.columns["y"][request.row], color, rng)
+            Image.fromarray(image).save(folder / image_name(i))
+        write_counterfactual_folder(folder, data, table, requests, intervention, generator="synthetic")
+        scores[kind] = evaluate_counterfactuals(folder, data, label="y", judge_cache=judge_cache, judge_steps=120,
+                                                judge_batch_size=32)  # fmt: skip
+    edited, unedited = scores["edited"], scores["unedited"]
+    assert edited["judges"]["learned"] == ["y", "color"] and edited["judges"]["pixel"] == []
+    assert "group-balanced" in edited["judges"]["training"]["sampling"]
+    assert edited["judge_accuracy_on_sources"] == {"y": 1.0, "color": 1.0}
+    assert edited["all"]["effectiveness"]["color"] == 1.0 and edited["all"]["preservation"]["y"] == 1.0
+    assert unedited["all"]["effectiveness"]["color"] == 0.0 and unedited["all"]["preservation"]["y"] == 1.0
+    # green 0s and red 1s are 4 of 120 training rows each, under 0.2 x the 30 of independence: the 10
+    # edits that make one are rare, none absent
+    assert edited["rare"]["rows"] == 10 and edited["absent"]["rows"] == 0
+    assert edited["exact"] is None and "mse_to_exact" not in edited["all"]

@@ -1,0 +1,277 @@
+"""Generator training: the loss goes down, the saved model round-trips, each deconfounding term acts,
+checkpoints resume, outputs are protected, and two processes produce one generator."""
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_folder
+from safetensors.torch import load_file
+
+from cfgen.data.adapters import open_dataset
+from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range
+from cfgen.errors import CfgenError
+from cfgen.generator.deconfounding import (
+    CONSISTENCY_TERMS,
+    AttributeJudges,
+    ConsistencyObjective,
+    ConsistencySettings,
+    discrete_columns,
+    effective_sample_size,
+    group_balanced_weights,
+    reweight_weights,
+)
+from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.training import (
+    Denoiser,
+    add_arguments,
+    config_from_args,
+    list_checkpoints,
+    train_generator,
+    training_loss,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"label": "y", "preset": "tiny"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """36 training rows, label y (3 values) confounded with color, every (y, color, shape) cell present."""
+    rows = [
+        {"y": str(y), "color": color, "shape": shape, "split": "train"}
+        for y in range(3)
+        for color in ("red", "green")
+        for shape in ("a", "b", "c")
+    ]
+    rows += [
+        {"y": str(i % 3), "color": "red" if i % 3 == 0 else "green", "shape": "abc"[i % 3], "split": "train"}
+        for i in range(18)
+    ]
+    rows.append({"y": "1", "color": "red", "shape": "a", "split": "test"})
+    return write_folder(tmp_path_factory.mktemp("data") / "colors", rows)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run with both deconfounding choices: 4 steps, checkpoints at 2 and 4, a preview at 4."""
+    out = tmp_path_factory.mktemp("runs") / "gen"
+    return train_generator(dataset, out, **TINY, deconfound="reweight,consistency", sample_every=4)
+
+
+def _batch(dataset: Path) -> tuple[Generator, torch.Tensor, torch.Tensor]:
+    table = open_dataset(dataset)
+    schema = table.schema("y")
+    train = table.split("train")
+    image_format = check_images(train)
+    generator = Generator.create(schema, image_format, "tiny")
+    images = to_model_range(load_images(train.image_paths, image_format))
+    return generator, images, generator.conditions(train)
+
+
+def test_training_steps_lower_the_loss(dataset: Path):
+    torch.manual_seed(0)
+    generator, images, conditions = _batch(dataset)
+    model = Denoiser(generator)
+    images, conditions = images[:16], conditions[:16]
+
+    def loss() -> float:
+        torch.manual_seed(1)  # the same noise and timesteps at every evaluation
+        with torch.no_grad():
+            return training_loss(model, generator.scheduler, images, conditions, 0.0)[0].item()
+
+    before = loss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(30):
+        total, _ = training_loss(model, generator.scheduler, images, conditions, 0.1)
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert loss() < 0.7 * before
+
+
+def test_each_consistency_term_changes_the_gradients(dataset: Path):
+    torch.manual_seed(0)
+    generator, images, conditions = _batch(dataset)
+    model = Denoiser(generator)
+    schema = generator.schema
+    columns = discrete_columns(schema)
+    judges = AttributeJudges(3, [schema.names[i] for i in columns], [schema.variables[i].num_values for i in columns])
+    judges.eval().requires_grad_(False)
+    uint8 = load_images(open_dataset(dataset).split("train").image_paths, generator.image_format)
+    everything = ConsistencySettings(
+        edit_fraction=0.5, effectiveness_weight=1.0, preservation_weight=1.0, cycle_weight=1.0, contrastive_weight=1.0
+    )
+
+    def gradients(settings: ConsistencySettings | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        objective = None
+        if settings is not None:
+            objective = ConsistencyObjective(
+                judges, schema, conditions, uint8, generator.scheduler.alphas_cumprod, settings
+            )
+        model.zero_grad()
+        torch.manual_seed(3)  # the same noise, timesteps, edits and contrastive pairs in every call
+        total, parts = training_loss(model, generator.scheduler, images[:8], conditions[:8], 0.1, objective)
+        total.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), parts
+
+    full, parts = gradients(everything)
+    assert set(parts) == {"denoising", *CONSISTENCY_TERMS}
+    assert all(torch.isfinite(value) and value > 0 for value in parts.values())
+    plain, _ = gradients(None)
+    assert not torch.allclose(full, plain)
+    for term in CONSISTENCY_TERMS:
+        without, parts = gradients(replace(everything, **{f"{term}_weight": 0.0}))
+        assert term not in parts
+        assert (full - without).abs().max() > 1e-6 * full.abs().max(), f"the {term} term has no effect"
+
+
+def test_reweight_weights_follow_the_formula():
+    codes = np.array([[0, 0], [0, 0], [0, 0], [0, 1], [1, 1], [1, 1]])
+    # p(y=0) = 4/6, p(a=0) = p(a=1) = 3/6; cells (0,0): 3/6, (0,1): 1/6, (1,1): 2/6
+    expected = np.array([4 / 6, 4 / 6, 4 / 6, 2.0, 0.5, 0.5])
+    np.testing.assert_allclose(reweight_weights(codes, clip=20), expected)
+    np.testing.assert_allclose(reweight_weights(codes, clip=1.5), np.minimum(expected, 1.5))
+    assert effective_sample_size(expected) == pytest.approx(expected.sum() ** 2 / (expected**2).sum())
+    assert effective_sample_size(np.ones(5)) == pytest.approx(5)
+    balanced = group_balanced_weights(codes)
+    np.testing.assert_allclose(balanced, [1 / 9, 1 / 9, 1 / 9, 1 / 3, 1 / 6, 1 / 6])  # each of 3 cells: 1/3
+    with pytest.raises(CfgenError, match="reweight-clip"):
+        reweight_weights(codes, clip=0.5)
+
+
+def test_trained_generator_round_trips_with_its_record(trained: Path, dataset: Path, tmp_path: Path):
+    generator = Generator.load(trained)
+    # the saved weights are the EMA weights of the last step, bit for bit
+    ema = torch.load(trained / "checkpoints" / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=True)
+    for saved, shadow in zip(Denoiser(generator).parameters(), ema["shadow_params"], strict=True):
+        assert torch.equal(saved, shadow)
+    generator.save(tmp_path / "again")
+    again = Generator.load(tmp_path / "again")
+    sample, conditions = torch.randn(4, 3, 8, 8), generator.conditions(open_dataset(dataset).split("train"))[:4]
+    t = torch.tensor([10, 200, 500, 900])
+    assert torch.equal(generator.predict_noise(sample, t, conditions), again.predict_noise(sample, t, conditions))
+    from diffusers import UNet2DModel  # after cfgen, which makes torchvision importable
+
+    plain = UNet2DModel.from_pretrained(trained, subfolder="unet")
+    assert torch.equal(
+        plain(sample, t, class_labels=generator.encoder(conditions)).sample,
+        generator.predict_noise(sample, t, conditions),
+    )
+
+    record = generator.training
+    assert record["preset"] == "tiny" and record["steps"] == 4 and record["seed"] == 0
+    assert record["deconfound"] == ["reweight", "consistency"]
+    codes = generator.conditions(open_dataset(dataset).split("train"))[:, discrete_columns(generator.schema)]
+    ess = effective_sample_size(reweight_weights(codes.long().numpy(), clip=20))
+    assert record["reweight"]["effective_sample_size"] == pytest.approx(ess)
+    assert set(record["final_loss"]) == {"loss", "denoising", *CONSISTENCY_TERMS}
+    judges, judges_record = AttributeJudges.load(trained / "judges")
+    assert judges.names == ["y", "color", "shape"] and judges_record["cells"] == 18
+    assert set(load_file(trained / "judges" / "model.safetensors")) == set(judges.state_dict())
+    assert json.loads((trained / "run.json").read_text())["config"]["deconfound"] == ["reweight", "consistency"]
+    assert (trained / "samples" / "step-000004.png").is_file()
+
+
+def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Path):
+    interrupted = tmp_path / "gen"
+    shutil.copytree(trained, interrupted)
+    (interrupted / CONFIG_FILE).unlink()  # as if stopped after the checkpoint at step 2
+    shutil.rmtree(interrupted / "checkpoints" / "checkpoint-4")
+    judges = (interrupted / "judges" / "model.safetensors").stat().st_mtime_ns
+    dataset = json.loads((trained / "training_config.json").read_text())["data"]
+
+    with pytest.raises(CfgenError, match="different seed"):
+        train_generator(dataset, interrupted, **TINY, deconfound="reweight,consistency", seed=1, resume=True)
+    train_generator(dataset, interrupted, **TINY, deconfound="reweight,consistency", resume=True)
+    record = Generator.load(interrupted).training
+    assert record["resumed_from_step"] == 2 and record["steps"] == 4
+    assert [step for step, _ in list_checkpoints(interrupted)] == [2, 4]
+    assert (interrupted / "judges" / "model.safetensors").stat().st_mtime_ns == judges  # reused, not retrained
+    with pytest.raises(CfgenError, match="finished generator"):
+        train_generator(dataset, interrupted, **TINY, deconfound="reweight,consistency", resume=True)
+
+
+def test_command_line_options_reach_the_configuration():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        shlex.split(
+            "--data d --out o --label y --attributes color,shape --preset tiny --steps 7 --mixed-precision no "
+            "--deconfound reweight,consistency --cycle-weight 0.5 --consistency-min-timestep 50 --edit-fraction 0.5 "
+            "--resume"
+        )
+    )
+    config = config_from_args(args).resolved()
+    assert (config.steps, config.batch_size, config.architecture) == (7, 8, "tiny")  # flag, then preset values
+    assert config.deconfound == ("reweight", "consistency") and config.attributes == ["color", "shape"]
+    assert config.consistency == ConsistencySettings(cycle_weight=0.5, min_timestep=50, edit_fraction=0.5)
+    assert config.resume and not config.overwrite and config.mixed_precision == "no"
+
+
+def test_existing_output_is_refused_without_resume_or_overwrite(dataset: Path, tmp_path: Path):
+    out = tmp_path / "gen"
+    out.mkdir()
+    (out / "stray.txt").write_text("mine")
+    with pytest.raises(CfgenError, match="already exists"):
+        train_generator(dataset, out, **TINY)
+    assert (out / "stray.txt").is_file()
+    with pytest.raises(CfgenError, match="only one"):
+        train_generator(dataset, out, **TINY, resume=True, overwrite=True)
+    with pytest.raises(CfgenError, match="nope"):
+        train_generator(dataset, tmp_path / "new", preset="tiny", label="nope")
+    assert not (tmp_path / "new").exists()  # inputs are checked before the folder is made
+    train_generator(dataset, out, **TINY, steps=2, overwrite=True)
+    assert not (out / "stray.txt").exists() and (out / CONFIG_FILE).is_file()
+    assert Generator.load(out).image_format == ImageFormat((8, 8), "RGB")
+
+
+def test_two_processes_write_one_generator(dataset: Path, tmp_path: Path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "gen"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(REPO / "train_generator.py"),
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--label",
+        "y",
+        "--preset",
+        "tiny",
+        "--deconfound",
+        "reweight,consistency",
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = Generator.load(out).training
+    assert record["num_processes"] == 2 and record["effective_batch_size"] == 16 and record["steps"] == 4
+    assert result.stdout.count("wrote ") == 1
+    assert not list(out.glob(".*"))  # no staging folders left behind

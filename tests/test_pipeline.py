@@ -1,0 +1,51 @@
+"""``cfgen pipeline``: every stage end to end (tiny preset), its report, and its refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cfgen.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(root / "cache"))  # judges are cached per user otherwise
+        assert main(["pipeline", "--preset", "tiny", "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+def test_every_stage_writes_its_part(run_dir: Path) -> None:
+    for part in ("data", "confounding", "generator", "counterfactuals", "exact", "confounding_after"):
+        assert (run_dir / part / "run.json").is_file(), part
+    assert (run_dir / "generator" / "cfgen_generator.json").is_file()
+    for method in ("erm", "cf-reg"):
+        assert (run_dir / "classifiers" / method / "metrics.json").is_file()
+    cards = [json.loads((run_dir / f / "cfgen_dataset.json").read_text()) for f in ("counterfactuals", "exact")]
+    assert all(card["counterfactuals"]["source"] == str((run_dir / "data").resolve()) for card in cards)
+
+
+def test_metrics_and_report(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["confounding"]["before"] > 0.9  # digit tied to colour at 0.99
+    assert set(metrics["classifiers"]) == {"erm", "cf-reg"}
+    assert {"test", "test-anti", "validation"} <= set(metrics["classifiers"]["erm"])
+    assert 0.0 <= metrics["counterfactual_quality"]["all"]["effectiveness"]["all"] <= 1.0
+    report = (run_dir / "report.md").read_text()
+    for heading in ("## 1. Confounding", "## 2. Counterfactuals", "## 3. Classifiers"):
+        assert heading in report
+    assert "| erm |" in report and "| cf-reg |" in report
+    assert ".partial" not in report
+
+
+def test_existing_run_is_kept_and_bad_input_writes_nothing(run_dir: Path, tmp_path: Path, capsys) -> None:
+    before = (run_dir / "report.md").read_text()
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run_dir)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run_dir / "report.md").read_text() == before
+    data = run_dir / "data"
+    assert main(["pipeline", "--data", str(data), "--spurious", "hue", "--out", str(tmp_path / "x")]) == 2
+    assert "--spurious 'hue' is not an attribute; valid: fg_color, bg_color, thickness" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
