@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sizes": {"train": 160, "validation": 40, "test": 60, "test-anti": 40},
     },
     "quick": {
-        "deconfound": "reweight", "sources": 300, "epochs": 4, "seeds": (0,), "steps": 20, "judge_steps": 600,
+        "deconfound": "reweight", "sources": 200, "epochs": 3, "seeds": (0,), "steps": 20, "judge_steps": 300,
         "sizes": None,
     },
     "full": {
