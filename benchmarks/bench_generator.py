@@ -47,6 +47,7 @@ from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.images import ImageFormat
 from cfgen.data.table import read_imagefolder
 from cfgen.generator.generation import generate_counterfactuals
+from cfgen.generator.inference import DEFAULT_INVERSION_DEPTH, DEFAULT_STEPS
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.training import PRESETS, train_generator
 from cfgen.io import package_versions, write_json
@@ -120,13 +121,16 @@ def prepare_data(work: Path, strength: float, args: argparse.Namespace) -> tuple
 def train(work: Path, data: Path, strength: float, method: str, args: argparse.Namespace) -> tuple[Path, float | None]:
     """A trained generator (reused from --work when it was trained the same way) and the seconds it took."""
     out = work / f"gen-{args.preset}-{strength}-{method}"
+    timing = out / "bench_train_seconds.txt"
     if (out / CONFIG_FILE).is_file() and not args.retrain:
         training = Generator.load(out).training
         if training.get("data", {}).get("path") == str(data.resolve()) and training.get("preset") == args.preset:
-            return out, None
+            return out, float(timing.read_text()) if timing.is_file() else None
     started = time.perf_counter()
     train_generator(data, out, preset=args.preset, deconfound=METHODS[method], seed=0, overwrite=True)
-    return out, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    timing.write_text(f"{seconds:.1f}\n")
+    return out, seconds
 
 
 def evaluate(work: Path, data: Path, exact: Path, generator: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -306,7 +310,11 @@ def main(argv: list[str] | None = None) -> None:
         "test_size": args.test_size,
         "intervention": INTERVENTION,
         "judge_steps": args.judge_steps,
-        "generation": {"steps": args.steps, "inversion_depth": args.inversion_depth, "guidance": args.guidance},
+        "generation": {
+            "steps": args.steps or DEFAULT_STEPS,
+            "inversion_depth": args.inversion_depth or DEFAULT_INVERSION_DEPTH,
+            "guidance": args.guidance or "default",
+        },
     }
     results = _load_results(args.results, settings)
     results["machine"] = machine()

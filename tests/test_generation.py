@@ -91,7 +91,7 @@ def test_inversion_then_decoding_reconstructs(dataset: Path, generator: Path) ->
     table = read_imagefolder(dataset).split("test")
     images = to_model_range(load_images(table.image_paths[:8], model.image_format))
     conditions = model.conditions(table)[:8]
-    for settings in (InferenceSettings(steps=10), InferenceSettings(steps=4, inversion_depth=0.3)):
+    for settings in (InferenceSettings(steps=10, inversion_depth=1.0), InferenceSettings(steps=4, inversion_depth=0.3)):
         noise = invert(model, images, conditions, settings)
         decoded = decode(model, noise, conditions, settings)
         assert torch.equal(decoded, counterfactuals(model, images, conditions, conditions, settings))  # deterministic
