@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -46,7 +47,7 @@ from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
 from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.images import ImageFormat
 from cfgen.data.table import read_imagefolder
-from cfgen.generator.generation import generate_counterfactuals
+from cfgen.generator.generation import generate_counterfactuals, staging_dir
 from cfgen.generator.inference import DEFAULT_INVERSION_DEPTH, DEFAULT_STEPS
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.training import PRESETS, train_generator
@@ -135,6 +136,7 @@ def train(work: Path, data: Path, strength: float, method: str, args: argparse.N
 
 def evaluate(work: Path, data: Path, exact: Path, generator: Path, args: argparse.Namespace) -> dict[str, Any]:
     out = work / f"cf-{generator.name}"
+    shutil.rmtree(staging_dir(out), ignore_errors=True)  # a fresh run, so that the throughput is one
     started = time.perf_counter()
     generate_counterfactuals(
         data, INTERVENTION, out, generator=generator, split="test", batch_size=args.batch_size, steps=args.steps,
