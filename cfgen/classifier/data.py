@@ -240,12 +240,7 @@ def resolve_groups(
     table: MetadataTable, label: str | None, spurious: tuple[str, ...], kinds: dict[str, str] | None = None
 ) -> Groups:
     """The label and spurious attributes, all discrete, with vocabularies taken over every split."""
-    label = label or table.card.get("label")
-    if label is None:
-        raise CfgenError(
-            f"no label column given for {table.source}; name one with --label "
-            f"(columns: {', '.join(table.attribute_candidates())})"
-        )
+    label = table.label_column(label)
     if spurious:
         schema = table.schema(label, list(spurious), kinds)
     else:

@@ -71,12 +71,7 @@ class MetadataTable:
         kinds: dict[str, str] | None = None,
     ) -> Schema:
         """Resolve the label and attributes (card defaults apply) and infer each one's kind."""
-        label = label or self.card.get("label")
-        if label is None:
-            raise CfgenError(
-                f"no label column given for {self.source}; name one with --label "
-                f"(columns: {', '.join(self.attribute_candidates())})"
-            )
+        label = self.label_column(label)
         if attributes is None:
             attributes = self.card.get("attributes") or [c for c in self.attribute_candidates() if c != label]
         if label in attributes:
@@ -101,6 +96,16 @@ class MetadataTable:
             return infer_attribute(name, self.columns[name], kinds.get(name))
 
         return Schema(infer(label), tuple(infer(a) for a in attributes))
+
+    def label_column(self, label: str | None) -> str:
+        """The label the user named, else the card's, with an error when there is neither."""
+        label = label or self.card.get("label")
+        if label is None:
+            raise CfgenError(
+                f"no label column given for {self.source}; name one with --label "
+                f"(columns: {', '.join(self.attribute_candidates())})"
+            )
+        return label
 
     def attribute_candidates(self) -> list[str]:
         """Columns that can be a label or an attribute (not paths, splits or provenance)."""
