@@ -3,15 +3,16 @@
 Built-in colored digits at digit-colour association 0.99; the test split draws every factor
 independently (the unconfounded test), test-anti never shows a digit in its training colour.
 Counterfactuals come from the exact renderer (``fg_color=*`` on the train split: the bound of a
-perfect generator) and, with ``--generator GEN`` (or an already generated folder via
-``--generated DIR``), from a trained generator. Methods that use no counterfactuals run once; the
+perfect generator) and, with ``--train-generator PRESET`` (a generator trained here on the
+benchmark's own confounded train split), ``--generator GEN`` or an already generated folder
+(``--generated DIR``), from a trained generator. Methods that use no counterfactuals run once; the
 oracle is ERM on the same digits re-rendered without the tie.
 
 Targets: cf-reg with generated counterfactuals reaches >= 0.95x the oracle's unconfounded-test
 accuracy and beats group-dro.
 
     python benchmarks/bench_classifier.py [--methods erm,cf-reg,...] [--seeds 0,1,2] [--epochs 6]
-        [--generator GEN | --generated DIR] [--skip-exact] [--threads 1]
+        [--train-generator quick | --generator GEN | --generated DIR] [--skip-exact] [--threads 1]
 
 Runnable in parts: results merge into benchmarks/results/classifier.json (entries of the same
 method and counterfactual source are replaced; a change of settings starts the file afresh).
@@ -20,7 +21,6 @@ method and counterfactual source are replaced; a change of settings starts the f
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import load_results, machine
 
 from cfgen.classifier.config import METHOD_NAMES, ClassifierConfig, parse_seeds
 from cfgen.classifier.evaluation import format_statistic
@@ -37,7 +38,11 @@ from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
 from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.table import read_imagefolder
 from cfgen.generator.generation import generate_counterfactuals
-from cfgen.io import package_versions, write_json
+from cfgen.generator.inference import DEFAULT_STEPS
+from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.training import PRESETS as GENERATOR_PRESETS
+from cfgen.generator.training import train_generator
+from cfgen.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "classifier.json"
 STRENGTH = 0.99
@@ -52,11 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train-size", type=int, default=3000, help="training images (default 3000)")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--train-generator", choices=list(GENERATOR_PRESETS), help="train a generator (reweight) on the train split"
+    )
     parser.add_argument("--generator", help="trained generator folder: generate counterfactuals with it")
     parser.add_argument("--generated", help="a counterfactual folder already generated over the benchmark data")
     parser.add_argument(
         "--generated-intervention", default="fg_color=random", help="what --generator edits (default fg_color=random)"
     )
+    parser.add_argument("--generation-steps", type=int, help="DDIM steps each way (default: cfgen generate's)")
     parser.add_argument("--skip-exact", action="store_true", help="run only the generated counterfactuals")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cfgen-bench-classifier"))
     parser.add_argument("--results", default=str(RESULTS))
@@ -66,8 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in METHOD_NAMES]
     if unknown:
         parser.error(f"unknown method {unknown[0]!r}; valid: {', '.join(METHOD_NAMES)}")
-    if args.generator and args.generated:
-        parser.error("give --generator or --generated, not both")
+    if sum(map(bool, (args.train_generator, args.generator, args.generated))) > 1:
+        parser.error("give one of --train-generator, --generator and --generated")
     return args
 
 
@@ -87,29 +96,32 @@ def prepare_data(work: Path, config: ColoredMNISTConfig) -> tuple[Path, Path]:
     return data, exact
 
 
-def generate(data: Path, generator: str, intervention: str, out: Path) -> Path:
+def trained_generator(data: Path, preset: str, out: Path) -> Path:
+    """A generator trained (``reweight``) on the benchmark's train split, reused when ``out`` holds one for it."""
+    if (out / CONFIG_FILE).is_file():
+        training = Generator.load(out).training
+        if training.get("data", {}).get("path") == str(data.resolve()) and training.get("preset") == preset:
+            return out
+    started = time.perf_counter()
+    train_generator(data, out, preset=preset, deconfound="reweight", split="train", seed=0, overwrite=True)
+    print(f"trained the {preset} generator in {time.perf_counter() - started:.0f} s", flush=True)
+    return out
+
+
+def generate(data: Path, generator: Path, intervention: str, steps: int | None, out: Path) -> Path:
     """Counterfactuals of the train split from a trained generator (what ``cfgen generate`` does),
-    reused when ``out`` already holds them for this dataset, generator and intervention."""
-    entry = read_imagefolder(out).card.get("counterfactuals", {}) if out.exists() else {}
+    reused when ``out`` already holds them for this dataset, generator, intervention and steps."""
+    card = read_imagefolder(out).card.get("counterfactuals", {}) if out.exists() else {}
     wanted = {
         "source_metadata_sha256": metadata_digest(data),
-        "generator": str(Path(generator).resolve()),
+        "generator": str(generator.resolve()),
         "intervention": intervention,
     }
-    if {key: entry.get(key) for key in wanted} == wanted:
+    record = json.loads((out / "run.json").read_text())["config"] if (out / "run.json").is_file() else {}
+    if record.get("steps") == (steps or DEFAULT_STEPS) and {key: card.get(key) for key in wanted} == wanted:
         return out
-    return Path(generate_counterfactuals(data, intervention, out, generator=generator, split="train", overwrite=True))
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()),
-        "versions": package_versions(),
-    }
+    generate_counterfactuals(data, intervention, out, generator=generator, split="train", steps=steps, overwrite=True)
+    return out
 
 
 def entry(metrics: dict[str, Any], source: str, seconds: float) -> dict[str, Any]:
@@ -135,8 +147,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     config = dataset_config(args.train_size)
     data, exact = prepare_data(work, config)
     sources = {} if args.skip_exact else {"exact": exact}
-    if args.generator:
-        sources["generated"] = generate(data, args.generator, args.generated_intervention, work / "cf-generated")
+    generator = Path(args.generator) if args.generator else None
+    if args.train_generator:
+        generator = trained_generator(data, args.train_generator, work / f"generator-{args.train_generator}")
+    if generator is not None:
+        cf = generate(data, generator, args.generated_intervention, args.generation_steps, work / "cf-generated")
+        sources["generated"] = cf
     elif args.generated:
         sources["generated"] = Path(args.generated)
     settings = {
@@ -146,7 +162,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "exact_intervention": f"{SPURIOUS}=*",
     }
-    results = _load_results(Path(args.results), settings)
+    results = load_results(Path(args.results), settings, "classifier debiasing on colored digits")
     results["machine"] = machine()
     invocation = {"command": " ".join(["python", *sys.argv]), "methods": args.methods, "seeds": args.seeds}
     results["invocations"] = [*results.get("invocations", []), invocation]
@@ -196,15 +212,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def _intervention(folder: Path) -> str:
     return read_imagefolder(folder).card["counterfactuals"].get("intervention", "?")
-
-
-def _load_results(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous.get("settings") == settings:
-            return previous
-        print(f"settings differ from {path}; starting it afresh")
-    return {"benchmark": "classifier debiasing on colored digits", "settings": settings, "entries": {}}
 
 
 def _oracle(results: dict[str, Any]) -> float | None:

@@ -29,8 +29,6 @@ generators and judges are kept under --work and reused.
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -40,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import load_results, machine
 from torch.utils.flop_counter import FlopCounterMode
 
 from cfgen.counterfactual_metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
@@ -51,7 +50,7 @@ from cfgen.generator.generation import generate_counterfactuals, staging_dir
 from cfgen.generator.inference import DEFAULT_INVERSION_DEPTH, DEFAULT_STEPS
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.training import PRESETS, train_generator
-from cfgen.io import package_versions, write_json
+from cfgen.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRENGTHS = (0.9, 0.95, 0.99)
@@ -92,18 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
     args.results = Path(args.results or RESULTS / f"generator-{args.preset}.json")
     return args
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # other work slows CPU timings
-        "versions": package_versions(),
-    }
 
 
 def prepare_data(work: Path, strength: float, args: argparse.Namespace) -> tuple[Path, Path]:
@@ -291,15 +278,6 @@ def throughput(data: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _load_results(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous.get("settings") == settings:
-            return previous
-        print(f"settings differ from {path}; starting it afresh")
-    return {"benchmark": "generator: colour edits on colored digits", "settings": settings, "entries": {}}
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
@@ -318,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
             "guidance": args.guidance or "default",
         },
     }
-    results = _load_results(args.results, settings)
+    results = load_results(args.results, settings, "generator: colour edits on colored digits")
     results["machine"] = machine()
     results["commands"] = [*results.get("commands", []), " ".join(["python", *sys.argv])]
     data = None

@@ -104,3 +104,8 @@ def write_run_record(folder: Path, config: dict[str, Any], seed: int | None = No
 
 def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def scalar_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as tracker hyperparameters, which must be scalars: other values become JSON."""
+    return {k: v if isinstance(v, int | float | str | bool) else json.dumps(v, default=str) for k, v in record.items()}

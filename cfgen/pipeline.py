@@ -37,19 +37,21 @@ from cfgen.io import check_output_dir, output_dir_in_place, write_json, write_ru
 
 BUILTIN_SPURIOUS = ("fg_color",)
 # What each preset does beyond the generator's own preset of the same name.
-# tiny: seconds, for tests; quick: minutes on a laptop CPU; full: a GPU.
+# tiny: seconds, for tests; quick: at most 10 minutes on a 2-core CPU; full: a GPU.
+# generator_steps (None: the generator preset's) and ddim_steps (each way) are the time budget's levers:
+# on the quick model 10 DDIM steps edit as well as 20 at half the time (docs/generator.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "deconfound": "reweight", "sources": 16, "epochs": 1, "seeds": (0,), "steps": 4, "judge_steps": 20,
-        "sizes": {"train": 160, "validation": 40, "test": 60, "test-anti": 40},
+        "deconfound": "reweight", "generator_steps": None, "sources": 16, "ddim_steps": 4, "judge_steps": 20,
+        "epochs": 1, "seeds": (0,), "sizes": {"train": 160, "validation": 40, "test": 60, "test-anti": 40},
     },
     "quick": {
-        "deconfound": "reweight", "sources": 200, "epochs": 3, "seeds": (0,), "steps": 20, "judge_steps": 300,
-        "sizes": None,
+        "deconfound": "reweight", "generator_steps": 360, "sources": 200, "ddim_steps": 10, "judge_steps": 300,
+        "epochs": 3, "seeds": (0,), "sizes": None,
     },
     "full": {
-        "deconfound": "reweight,consistency", "sources": None, "epochs": 20, "seeds": (0, 1, 2), "steps": 50,
-        "judge_steps": 600, "sizes": None,
+        "deconfound": "reweight,consistency", "generator_steps": None, "sources": None, "ddim_steps": 50,
+        "judge_steps": 600, "epochs": 20, "seeds": (0, 1, 2), "sizes": None,
     },
 }
 DEFAULT_METHODS = ("erm", "cf-reg")
@@ -134,12 +136,12 @@ def run_pipeline(
         stage("generator", f"training the generator ({preset} preset, deconfound {settings['deconfound']})")
         generator = train_generator(
             data, run_dir / "generator", label=label, attributes=attributes, preset=preset,
-            deconfound=settings["deconfound"], seed=seed,
+            deconfound=settings["deconfound"], steps=settings["generator_steps"], seed=seed,
         )
         stage("generate", f"generating counterfactuals: {intervention} on training images")
         common = {"split": "train", "seed": seed, "limit": settings["sources"]}
         counterfactuals = generate_counterfactuals(
-            data, intervention, run_dir / "counterfactuals", generator=generator, steps=settings["steps"], **common
+            data, intervention, run_dir / "counterfactuals", generator=generator, steps=settings["ddim_steps"], **common
         )
         quality = None
         if builtin:

@@ -45,3 +45,15 @@ def small_folder(tmp_path: Path) -> Path:
         for i in range(40)
     ]
     return write_folder(tmp_path / "small", rows)
+
+
+def tensorboard_scalars(folder: Path) -> set[str]:
+    """Every scalar tag in the tensorboard event files under ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for directory in {path.parent for path in folder.rglob("events.out.tfevents.*")}:
+        events = EventAccumulator(str(directory))
+        events.Reload()
+        tags |= set(events.Tags()["scalars"])
+    return tags

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import tensorboard_scalars
 from safetensors import safe_open
 
 from cfgen.classifier.backbones import build_backbone
@@ -117,6 +118,9 @@ def test_checkpoint_is_safetensors_and_reloads_the_selected_model(dataset: Path,
     assert json.loads(json.dumps(metrics)) == json.loads((out / "metrics.json").read_text())
     with safe_open(out / "seed-4" / "model.safetensors", framework="pt") as weights:
         assert "head.weight" in set(weights.keys())
+    # tensorboard: each epoch's losses and validation scores, under the seed
+    logged = tensorboard_scalars(out / "logs")
+    assert {"seed-4/train/loss", "seed-4/train/ce", "seed-4/train/validation_accuracy"} <= logged
     model, checkpoint = load_classifier(out)
     assert checkpoint["seed"] == 4 and checkpoint["label"]["name"] == "digit"
     assert checkpoint["selected_epoch"] == metrics["per_seed"][0]["selected_epoch"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_folder
+from conftest import tensorboard_scalars, write_folder
 from safetensors.torch import load_file
 
 from cfgen.data.adapters import open_dataset
@@ -181,6 +181,8 @@ def test_trained_generator_round_trips_with_its_record(trained: Path, dataset: P
     assert set(load_file(trained / "judges" / "model.safetensors")) == set(judges.state_dict())
     assert json.loads((trained / "run.json").read_text())["config"]["deconfound"] == ["reweight", "consistency"]
     assert (trained / "samples" / "step-000004.png").is_file()
+    logged = tensorboard_scalars(trained / "logs")
+    assert {"loss", "denoising", "lr", "cycle", "reweight/effective_sample_size"} <= logged
 
 
 def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Path):

@@ -11,6 +11,8 @@ Output folder::
     CLF/run.json                     resolved configuration, command, versions
     CLF/seed-<s>/model.safetensors   the selected epoch's weights
     CLF/seed-<s>/config.json         what ``load_classifier`` needs to rebuild the model
+    CLF/logs/                        tensorboard: per-epoch losses and validation scores of every seed
+                                     (when tensorboard is installed)
 """
 
 import copy
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -41,7 +43,7 @@ from cfgen.classifier.data import (
 from cfgen.classifier.evaluation import SELECTION_RULE, select_epoch, selection_metric, split_metrics, summarize_splits
 from cfgen.classifier.methods import ERM, Objective, build_objective
 from cfgen.errors import CfgenError
-from cfgen.io import atomic_output_dir, check_output_dir, write_json, write_run_record
+from cfgen.io import atomic_output_dir, check_output_dir, scalar_record, write_json, write_run_record
 
 METRICS_FILE = "metrics.json"
 METRICS_SCHEMA = "cfgen.classifier.metrics/1"
@@ -114,7 +116,11 @@ def train_classifiers(config: ClassifierConfig, data: TrainingData | None = None
     check_inputs(config, objective)
     out = Path(config.out)
     check_output_dir(out, config.overwrite)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with="tensorboard" if is_tensorboard_available() else None,
+        project_config=ProjectConfiguration(logging_dir=str(out / "logs")),  # staged below, like every output
+    )
     if config.counterfactuals and not objective.uses_counterfactuals:
         accelerator.print(f"note: {config.method} uses no counterfactuals; --counterfactuals is ignored")
     if data is None:
@@ -124,6 +130,9 @@ def train_classifiers(config: ClassifierConfig, data: TrainingData | None = None
     main = accelerator.is_main_process
     staging_context = atomic_output_dir(out, config.overwrite) if main else nullcontext(None)
     with staging_context as staging:
+        if staging is not None:
+            accelerator.project_configuration.logging_dir = str(staging / "logs")
+        accelerator.init_trackers(config.method, config=scalar_record(config.to_dict()))
         per_seed = []
         for seed in config.seeds:
             started = time.perf_counter()
@@ -137,6 +146,8 @@ def train_classifiers(config: ClassifierConfig, data: TrainingData | None = None
         if staging is not None:
             write_json(staging / METRICS_FILE, metrics)
             write_run_record(staging, config.to_dict(), seed=config.seeds[0])
+        for tracker in accelerator.trackers:  # not end_training(): a launch may run more stages after this
+            tracker.finish()
     accelerator.wait_for_everyone()
     return metrics
 
@@ -152,11 +163,15 @@ def train_seed(
     if objective.erm_epochs:
         erm = ERM()
         erm.setup(data, accelerator, generator)
-        erm_model, _, _ = fit(erm, new_model(config, data), data, config, accelerator, objective.erm_epochs, "erm")
+        erm_model, _, _ = fit(
+            erm, new_model(config, data), data, config, accelerator, objective.erm_epochs, f"seed-{seed}/erm"
+        )
         objective.use_erm_predictions(torch.from_numpy(predict(accelerator, erm_model, data.train)))
         set_seed(seed)
     objective.setup(data, accelerator, generator)
-    model, history, best_state = fit(objective, new_model(config, data), data, config, accelerator, config.epochs)
+    model, history, best_state = fit(
+        objective, new_model(config, data), data, config, accelerator, config.epochs, f"seed-{seed}/train"
+    )
     accelerator.unwrap_model(model).load_state_dict(best_state)
     splits = {
         name: split_metrics(
@@ -189,6 +204,7 @@ def fit(
 ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, torch.Tensor]]:
     """The training loop: returns the prepared model, one history entry per epoch and the weights
     of the epoch the selection rule keeps (scored on the validation split after every epoch).
+    Each epoch's averages are logged to the trackers under ``stage``.
 
     AdamW with the learning rate decayed to 0 along a cosine over all steps: short CPU runs
     converge markedly better than at a constant rate.
@@ -206,7 +222,8 @@ def fit(
         model.train()
         totals: dict[str, float] = {}
         steps = 0
-        for rows in tqdm(loader, desc=f"{config.method} {stage} epoch {epoch}/{epochs}", disable=not show, leave=False):
+        description = f"{config.method} {stage} epoch {epoch}/{epochs}"
+        for rows in tqdm(loader, desc=description, disable=not show, leave=False):
             batch = data.pool.batch(rows, accelerator.device)
             with accelerator.autocast():
                 loss, logs = objective.loss(model, batch)
@@ -228,6 +245,9 @@ def fit(
             )
             entry["validation"] = {k: scores[k] for k in ("accuracy", "worst_group_accuracy", "worst_group")}
         history.append(entry)
+        scalars = {k: v for k, v in entry.items() if k != "epoch" and isinstance(v, float)}
+        scalars |= {f"validation_{k}": v for k, v in entry.get("validation", {}).items() if isinstance(v, float)}
+        accelerator.log({f"{stage}/{key}": value for key, value in scalars.items()}, step=epoch)
         if select_epoch(history) == len(history) - 1:
             state = accelerator.unwrap_model(model).state_dict()
             best_state = {key: value.detach().cpu().clone() for key, value in state.items()}

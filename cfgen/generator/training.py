@@ -61,7 +61,7 @@ from cfgen.generator.deconfounding import (
 )
 from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings, decode, invert
 from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
-from cfgen.io import write_json, write_run_record
+from cfgen.io import scalar_record, write_json, write_run_record
 
 TRAINING_CONFIG_FILE = "training_config.json"
 CHECKPOINTS_FOLDER = "checkpoints"
@@ -367,7 +367,7 @@ def train(config: TrainingConfig) -> Path:
         ema.to(accelerator.device)
         accelerator.print(f"resumed from {resume_from} at step {progress.step}")
     resumed_from_step = progress.step or None
-    accelerator.init_trackers("train_generator", config=_flat(config.record()))
+    accelerator.init_trackers("train_generator", config=scalar_record(config.record()))
     if "reweight" in record:
         accelerator.log({"reweight/effective_sample_size": record["reweight"]["effective_sample_size"]}, step=0)
     preview_rows, preview_edits = preview_setup(schema, conditions, config.seed)
@@ -612,11 +612,6 @@ def _log(
     averaged = dict(zip(names, accelerator.reduce(values, reduction="mean").tolist(), strict=True))
     accelerator.log({**averaged, "lr": lr}, step=step)
     return averaged
-
-
-def _flat(record: dict[str, Any]) -> dict[str, Any]:
-    """Tensorboard hyperparameters must be scalars: nested values become JSON strings."""
-    return {k: v if isinstance(v, int | float | str | bool) else json.dumps(v) for k, v in record.items()}
 
 
 @contextmanager
