@@ -19,7 +19,7 @@ from safetensors import safe_open
 from cfgen.classifier.backbones import build_backbone
 from cfgen.classifier.config import METHOD_NAMES, ClassifierConfig
 from cfgen.classifier.data import load_training_data
-from cfgen.classifier.evaluation import select_epoch, split_metrics, statistic, summarize_splits
+from cfgen.classifier.evaluation import format_statistic, select_epoch, split_metrics, statistic, summarize_splits
 from cfgen.classifier.methods import ERM, CounterfactualRegularizer, GroupDRO
 from cfgen.classifier.training import Classifier, load_classifier, predict, train_classifiers
 from cfgen.cli import main
@@ -216,6 +216,8 @@ def test_metrics_on_a_hand_made_example():
     assert summary["worst_group_accuracy"]["values"] == [0.5, 0.0]
     assert summary["groups"]["y=1,c=b"] == {"count": 4, "accuracy": statistic([0.5, 1.0])}
     assert statistic([None, None]) is None and statistic([0.3])["std"] == 0.0
+    assert format_statistic(statistic([0.6, 0.5])) == "0.550 ± 0.071"
+    assert format_statistic(statistic([0.3])) == "0.300" and format_statistic(None) == "-"
 
 
 def test_model_selection_rule():
