@@ -151,8 +151,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if args.train_generator:
         generator = trained_generator(data, args.train_generator, work / f"generator-{args.train_generator}")
     if generator is not None:
-        cf = generate(data, generator, args.generated_intervention, args.generation_steps, work / "cf-generated")
-        sources["generated"] = cf
+        intervention, steps = args.generated_intervention, args.generation_steps
+        sources["generated"] = generate(data, generator, intervention, steps, work / "cf-generated")
     elif args.generated:
         sources["generated"] = Path(args.generated)
     settings = {
