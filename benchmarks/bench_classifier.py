@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import load_results, machine
+from common import load_results, machine, trained_on
 
 from cfgen.classifier.config import METHOD_NAMES, ClassifierConfig, parse_seeds
 from cfgen.classifier.evaluation import format_statistic
@@ -39,7 +39,6 @@ from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.table import read_imagefolder
 from cfgen.generator.generation import generate_counterfactuals
 from cfgen.generator.inference import DEFAULT_STEPS
-from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.training import PRESETS as GENERATOR_PRESETS
 from cfgen.generator.training import train_generator
 from cfgen.io import write_json
@@ -98,10 +97,8 @@ def prepare_data(work: Path, config: ColoredMNISTConfig) -> tuple[Path, Path]:
 
 def trained_generator(data: Path, preset: str, out: Path) -> Path:
     """A generator trained (``reweight``) on the benchmark's train split, reused when ``out`` holds one for it."""
-    if (out / CONFIG_FILE).is_file():
-        training = Generator.load(out).training
-        if training.get("data", {}).get("path") == str(data.resolve()) and training.get("preset") == preset:
-            return out
+    if trained_on(out, data, preset):
+        return out
     started = time.perf_counter()
     train_generator(data, out, preset=preset, deconfound="reweight", split="train", seed=0, overwrite=True)
     print(f"trained the {preset} generator in {time.perf_counter() - started:.0f} s", flush=True)

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import load_results, machine
+from common import load_results, machine, trained_on
 from torch.utils.flop_counter import FlopCounterMode
 
 from cfgen.counterfactual_metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
@@ -48,7 +48,7 @@ from cfgen.data.images import ImageFormat
 from cfgen.data.table import read_imagefolder
 from cfgen.generator.generation import generate_counterfactuals, staging_dir
 from cfgen.generator.inference import DEFAULT_INVERSION_DEPTH, DEFAULT_STEPS
-from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.model import Generator
 from cfgen.generator.training import PRESETS, train_generator
 from cfgen.io import write_json
 
@@ -110,10 +110,8 @@ def train(work: Path, data: Path, strength: float, method: str, args: argparse.N
     """A trained generator (reused from --work when it was trained the same way) and the seconds it took."""
     out = work / f"gen-{args.preset}-{strength}-{method}"
     timing = out / "bench_train_seconds.txt"
-    if (out / CONFIG_FILE).is_file() and not args.retrain:
-        training = Generator.load(out).training
-        if training.get("data", {}).get("path") == str(data.resolve()) and training.get("preset") == args.preset:
-            return out, float(timing.read_text()) if timing.is_file() else None
+    if not args.retrain and trained_on(out, data, args.preset):
+        return out, float(timing.read_text()) if timing.is_file() else None
     started = time.perf_counter()
     train_generator(data, out, preset=args.preset, deconfound=METHODS[method], seed=0, overwrite=True)
     seconds = time.perf_counter() - started

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.io import package_versions
 
 
@@ -32,3 +33,11 @@ def load_results(path: Path, settings: dict[str, Any], benchmark: str) -> dict[s
             return previous
         print(f"settings differ from {path}; starting it afresh")
     return {"benchmark": benchmark, "settings": settings, "entries": {}}
+
+
+def trained_on(folder: Path, data: Path, preset: str) -> bool:
+    """Whether ``folder`` holds a finished generator trained on ``data`` with ``preset``, to reuse."""
+    if not (folder / CONFIG_FILE).is_file():
+        return False
+    training = Generator.load(folder).training
+    return training.get("data", {}).get("path") == str(data.resolve()) and training.get("preset") == preset

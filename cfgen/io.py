@@ -109,3 +109,13 @@ def write_json(path: Path, payload: Any) -> None:
 def scalar_record(record: dict[str, Any]) -> dict[str, Any]:
     """A configuration as tracker hyperparameters, which must be scalars: other values become JSON."""
     return {k: v if isinstance(v, int | float | str | bool) else json.dumps(v, default=str) for k, v in record.items()}
+
+
+def finish_trackers(accelerator: Any) -> None:
+    """Flush and close the experiment trackers of a training run.
+
+    Not ``end_training()``: it also destroys the process group, which later stages of the same
+    launch (the pipeline) still need.
+    """
+    for tracker in accelerator.trackers:
+        tracker.finish()

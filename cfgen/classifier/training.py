@@ -43,7 +43,14 @@ from cfgen.classifier.data import (
 from cfgen.classifier.evaluation import SELECTION_RULE, select_epoch, selection_metric, split_metrics, summarize_splits
 from cfgen.classifier.methods import ERM, Objective, build_objective
 from cfgen.errors import CfgenError
-from cfgen.io import atomic_output_dir, check_output_dir, scalar_record, write_json, write_run_record
+from cfgen.io import (
+    atomic_output_dir,
+    check_output_dir,
+    finish_trackers,
+    scalar_record,
+    write_json,
+    write_run_record,
+)
 
 METRICS_FILE = "metrics.json"
 METRICS_SCHEMA = "cfgen.classifier.metrics/1"
@@ -146,8 +153,7 @@ def train_classifiers(config: ClassifierConfig, data: TrainingData | None = None
         if staging is not None:
             write_json(staging / METRICS_FILE, metrics)
             write_run_record(staging, config.to_dict(), seed=config.seeds[0])
-        for tracker in accelerator.trackers:  # not end_training(): a launch may run more stages after this
-            tracker.finish()
+        finish_trackers(accelerator)
     accelerator.wait_for_everyone()
     return metrics
 

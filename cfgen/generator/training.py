@@ -45,6 +45,7 @@ from cfgen.data.schema import Schema
 from cfgen.data.table import MetadataTable
 from cfgen.errors import CfgenError
 from cfgen.generator.deconfounding import (
+    CONSISTENCY_TERMS,
     JUDGES_CONFIG,
     JUDGES_FOLDER,
     AttributeJudges,
@@ -61,7 +62,7 @@ from cfgen.generator.deconfounding import (
 )
 from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings, decode, invert
 from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
-from cfgen.io import scalar_record, write_json, write_run_record
+from cfgen.io import finish_trackers, scalar_record, write_json, write_run_record
 
 TRAINING_CONFIG_FILE = "training_config.json"
 CHECKPOINTS_FOLDER = "checkpoints"
@@ -452,10 +453,7 @@ def train(config: TrainingConfig) -> Path:
         }
         save_final(generator, out, config.record(), config.seed)
     accelerator.wait_for_everyone()
-    # Not end_training(): it also destroys the process group, which later stages of the same launch
-    # (the pipeline) still need.
-    for tracker in accelerator.trackers:
-        tracker.finish()
+    finish_trackers(accelerator)
     return out
 
 
@@ -709,7 +707,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.edit_fraction,
         help=f"share of each batch edited (default {defaults.edit_fraction})",
     )
-    for term in ("effectiveness", "preservation", "cycle", "contrastive"):
+    for term in CONSISTENCY_TERMS:
         weight = getattr(defaults, f"{term}_weight")
         debias.add_argument(f"--{term}-weight", type=float, default=weight, help=f"default {weight}")
     debias.add_argument(
