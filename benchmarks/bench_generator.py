@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import load_results, machine, trained_on
+from common import load_results, machine, preset_recipe, trained_on
 from torch.utils.flop_counter import FlopCounterMode
 
 from cfgen.counterfactual_metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     settings = {
         "preset": args.preset,
+        "recipe": preset_recipe(args.preset),
         "train_size": args.train_size,
         "test_size": args.test_size,
         "intervention": INTERVENTION,

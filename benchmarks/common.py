@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
-from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.data.images import ImageFormat
+from cfgen.generator.model import CONFIG_FILE, build_unet
+from cfgen.generator.training import TRAINING_CONFIG_FILE, TrainingConfig
 from cfgen.io import package_versions
 
 
@@ -35,9 +37,34 @@ def load_results(path: Path, settings: dict[str, Any], benchmark: str) -> dict[s
     return {"benchmark": benchmark, "settings": settings, "entries": {}}
 
 
+# Training settings that are not the recipe: the data (checked by path) and where files go, how often
+# to save or log.
+NOT_RECIPE = (
+    "data", "label", "attributes", "kinds", "data_format", "split", "resize", "deconfound", "out",
+    "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "mixed_precision", "resume", "overwrite",
+)  # fmt: skip
+DIGITS = ImageFormat((28, 28), "RGB")  # the benchmarks' colored digits
+
+
+def recipe(config: dict[str, Any], unet: dict[str, Any]) -> dict[str, Any]:
+    """What a generator's weights depend on beyond its data and deconfounding choice: the resolved
+    training configuration and the UNet's shape, so that a changed preset (a new architecture,
+    a new loss weighting) is neither reused nor mixed into results of the old one."""
+    shape = {key: unet[key] for key in ("block_out_channels", "layers_per_block", "down_block_types")}
+    kept = {key: value for key, value in config.items() if key not in NOT_RECIPE}
+    return json.loads(json.dumps({**kept, "unet": shape}))
+
+
+def preset_recipe(preset: str) -> dict[str, Any]:
+    """The recipe ``train_generator(..., preset=preset)`` trains colored digits with today."""
+    config = TrainingConfig(data=".", out=".", preset=preset).resolved()
+    return recipe(config.record(), dict(build_unet(DIGITS, config.architecture).config))
+
+
 def trained_on(folder: Path, data: Path, preset: str) -> bool:
-    """Whether ``folder`` holds a finished generator trained on ``data`` with ``preset``, to reuse."""
+    """Whether ``folder`` holds a finished generator trained on ``data`` with today's ``preset`` recipe, to reuse."""
     if not (folder / CONFIG_FILE).is_file():
         return False
-    training = Generator.load(folder).training
-    return training.get("data", {}).get("path") == str(data.resolve()) and training.get("preset") == preset
+    stored = json.loads((folder / TRAINING_CONFIG_FILE).read_text())
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    return stored["data"] == str(data.resolve()) and recipe(stored, unet) == preset_recipe(preset)

@@ -20,8 +20,8 @@ from cfgen.classifier.backbones import build_backbone
 from cfgen.classifier.config import METHOD_NAMES, ClassifierConfig
 from cfgen.classifier.data import load_training_data
 from cfgen.classifier.evaluation import format_statistic, select_epoch, split_metrics, statistic, summarize_splits
-from cfgen.classifier.methods import ERM, CounterfactualRegularizer, GroupDRO
-from cfgen.classifier.training import Classifier, load_classifier, predict, train_classifiers
+from cfgen.classifier.methods import ERM, CounterfactualAugmentation, CounterfactualRegularizer, GroupDRO
+from cfgen.classifier.training import Classifier, load_classifier, paired_sampler, predict, train_classifiers
 from cfgen.cli import main
 from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
 from cfgen.data.table import METADATA_FILE
@@ -166,6 +166,23 @@ def test_cf_reg_pairs_same_label_counterfactuals_only(dataset: Path, mixed_count
     assert torch.allclose(gradients(CounterfactualRegularizer(5.0, "l2", "features"), even), gradients(ERM(), even))
 
 
+def test_pair_share_draws_that_share_of_batches_from_paired_rows(dataset: Path, mixed_counterfactuals: Path):
+    data = load_training_data(dataset, None, ("fg_color",), (mixed_counterfactuals,))
+    accelerator, generator = Accelerator(), torch.Generator().manual_seed(0)
+    regularizer, augmentation = CounterfactualRegularizer(1.0, "l2", "features"), CounterfactualAugmentation()
+    regularizer.setup(data, accelerator, generator)
+    augmentation.setup(data, accelerator, generator)
+    paired = regularizer.paired_rows()
+    assert torch.equal(paired, torch.arange(data.n_train) % 2 == 1)  # same-label counterfactuals: odd rows only
+    assert ERM().paired_rows() is None
+    assert paired_sampler(augmentation.paired_rows(), 0.8) is None  # every row has some counterfactual
+    assert paired_sampler(paired, None) is None
+    torch.manual_seed(0)
+    drawn = torch.tensor([row for _ in range(50) for row in paired_sampler(paired, 0.8)])
+    assert len(drawn) == 50 * data.n_train
+    assert abs(paired[drawn].float().mean().item() - 0.8) < 0.03
+
+
 def test_group_dro_weights_climb_toward_the_worst_group(dataset: Path):
     data = load_training_data(dataset, None, ("fg_color",))
     objective = GroupDRO(step_size=0.5)
@@ -249,6 +266,7 @@ def _foreign_counterfactuals(work: Path) -> Path:
         ("unknown-method", "unknown method 'ridge'; valid: erm, cf-augment, cf-reg"),
         ("unknown-backbone", "unknown backbone 'vgg'; valid: small-cnn, resnet18, resnet50"),
         ("bad-seeds", "--seeds takes comma-separated whole numbers"),
+        ("bad-pair-share", "--pair-share must be between 0 and 1"),
         ("exists", "already exists"),
     ],
 )
@@ -263,6 +281,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
         "unknown-method": ["--method", "ridge"],
         "unknown-backbone": ["--method", "erm", "--backbone", "vgg"],
         "bad-seeds": ["--method", "erm", "--seeds", "0,one"],
+        "bad-pair-share": ["--method", "erm", "--pair-share", "1"],
         "exists": ["--method", "erm"],
     }[case]
     if case == "foreign":
@@ -280,11 +299,13 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert not list(work.glob(f".{out.name}*"))  # no staging folder left behind
 
 
-def test_two_processes_finish(dataset: Path, counterfactuals: Path, work: Path):
+def test_two_processes_finish(dataset: Path, mixed_counterfactuals: Path, work: Path):
     out = work / "clf-two-processes"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     launch = "-m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no"
-    arguments = ["--method", "cf-reg", "--spurious", "fg_color", "--counterfactuals", str(counterfactuals)]
+    # half of the rows have a same-label counterfactual: --pair-share's sampler is sharded too
+    arguments = ["--method", "cf-reg", "--spurious", "fg_color", "--counterfactuals", str(mixed_counterfactuals)]
+    arguments += ["--pair-share", "0.7"]
     command = [
         sys.executable,
         *launch.split(),

@@ -36,6 +36,7 @@ from cfgen.generator.training import (
     Denoiser,
     add_arguments,
     config_from_args,
+    denoising_loss,
     list_checkpoints,
     train_generator,
     training_loss,
@@ -88,16 +89,31 @@ def test_training_steps_lower_the_loss(dataset: Path):
     def loss() -> float:
         torch.manual_seed(1)  # the same noise and timesteps at every evaluation
         with torch.no_grad():
-            return training_loss(model, generator.scheduler, images, conditions, 0.0)[0].item()
+            return training_loss(model, generator.scheduler, images, conditions, 0.0, 5.0)[0].item()
 
     before = loss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for _ in range(30):
-        total, _ = training_loss(model, generator.scheduler, images, conditions, 0.1)
+        total, _ = training_loss(model, generator.scheduler, images, conditions, 0.1, 5.0)
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
     assert loss() < 0.7 * before
+
+
+def test_min_snr_weighting_lowers_only_the_clean_timesteps(dataset: Path):
+    torch.manual_seed(0)
+    generator, images, conditions = _batch(dataset)
+    model = Denoiser(generator)
+
+    def loss(snr_gamma: float) -> float:
+        torch.manual_seed(1)  # the same noise, timesteps and dropout in every call
+        with torch.no_grad():
+            return denoising_loss(model, generator.scheduler, images, conditions, 0.1, snr_gamma).item()
+
+    plain = loss(0.0)
+    assert loss(1e9) == pytest.approx(plain, rel=1e-6)  # no timestep's SNR reaches 1e9: weights are all 1
+    assert loss(5.0) < 0.99 * plain  # weights min(SNR, 5) / SNR <= 1, and < 1 for the clean timesteps drawn
 
 
 def test_each_consistency_term_changes_the_gradients(dataset: Path):
@@ -121,7 +137,7 @@ def test_each_consistency_term_changes_the_gradients(dataset: Path):
             )
         model.zero_grad()
         torch.manual_seed(3)  # the same noise, timesteps, edits and contrastive pairs in every call
-        total, parts = training_loss(model, generator.scheduler, images[:8], conditions[:8], 0.1, objective)
+        total, parts = training_loss(model, generator.scheduler, images[:8], conditions[:8], 0.1, 5.0, objective)
         total.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), parts
 
@@ -211,14 +227,14 @@ def test_command_line_options_reach_the_configuration():
         shlex.split(
             "--data d --out o --label y --attributes color,shape --preset tiny --steps 7 --mixed-precision no "
             "--deconfound reweight,consistency --cycle-weight 0.5 --consistency-min-timestep 50 --edit-fraction 0.5 "
-            "--resume"
+            "--resume --snr-gamma 2"
         )
     )
     config = config_from_args(args).resolved()
     assert (config.steps, config.batch_size, config.architecture) == (7, 8, "tiny")  # flag, then preset values
     assert config.deconfound == ("reweight", "consistency") and config.attributes == ["color", "shape"]
     assert config.consistency == ConsistencySettings(cycle_weight=0.5, min_timestep=50, edit_fraction=0.5)
-    assert config.resume and not config.overwrite and config.mixed_precision == "no"
+    assert config.resume and not config.overwrite and config.mixed_precision == "no" and config.snr_gamma == 2
 
 
 def test_existing_output_is_refused_without_resume_or_overwrite(dataset: Path, tmp_path: Path):

@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.min_group_size,
         help="smallest group that counts for worst-group accuracy and model selection",
     )
+    parser.add_argument(
+        "--pair-share",
+        type=float,
+        help="counterfactual methods: share of every batch drawn from training images that have a counterfactual "
+        "(default: their share of the training set)",
+    )
     parser.add_argument("--cf-weight", type=float, default=defaults.cf_weight, help="cf-reg: penalty weight")
     parser.add_argument("--cf-distance", default=defaults.cf_distance, help=f"cf-reg: {' or '.join(CF_DISTANCES)}")
     parser.add_argument("--cf-layer", default=defaults.cf_layer, help=f"cf-reg: {' or '.join(CF_LAYERS)}")
@@ -87,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> ClassifierConfig:
         seeds=parse_seeds(args.seeds),
         mixed_precision=args.mixed_precision,
         min_group_size=args.min_group_size,
+        pair_share=args.pair_share,
         cf_weight=args.cf_weight,
         cf_distance=args.cf_distance,
         cf_layer=args.cf_layer,

@@ -45,6 +45,7 @@ class ClassifierConfig:
     seeds: tuple[int, ...] = (0,)
     mixed_precision: str | None = None  # None: accelerate's default (the launcher's setting, else "no")
     min_group_size: int = 5
+    pair_share: float | None = None  # None: training rows are drawn uniformly
     cf_weight: float = 1.0
     cf_distance: str = "cosine"
     cf_layer: str = "features"
@@ -82,6 +83,8 @@ class ClassifierConfig:
         for name in ("weight_decay", "cf_weight", "dro_step_size", "gs_weight", "contrastive_weight"):
             if not getattr(self, name) >= 0:
                 raise CfgenError(f"--{name.replace('_', '-')} must be >= 0, not {getattr(self, name)}")
+        if self.pair_share is not None and not 0 < self.pair_share < 1:
+            raise CfgenError(f"--pair-share must be between 0 and 1 (exclusive), not {self.pair_share}")
         if self.oracle_data is not None and self.method != "oracle":
             raise CfgenError(f"--oracle-data applies to --method oracle, not {self.method}")
 

@@ -52,6 +52,10 @@ class Objective:
         """Pool rows ``rows`` as a batch on ``device``."""
         return self.data.pool.batch(rows, device)
 
+    def paired_rows(self) -> torch.Tensor | None:
+        """Mask of the training rows that have a counterfactual this objective uses (None: it uses none)."""
+        return None
+
 
 class ERM(Objective):
     """Average cross-entropy: what a plain classifier minimises, shortcut included."""
@@ -70,6 +74,9 @@ class CounterfactualAugmentation(Objective):
     def setup(self, data: TrainingData, accelerator: Accelerator, generator: torch.Generator) -> None:
         super().setup(data, accelerator, generator)
         self.relation = data.relation(same_label=None)
+
+    def paired_rows(self) -> torch.Tensor:
+        return self.relation.counts() > 0
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Logs]:
         partners, has = self.relation.sample(batch.rows, self.generator)
@@ -100,6 +107,9 @@ class SameLabelPairs(Objective):
                 f"{self.method} pairs an image with counterfactuals of the SAME label, and none of the given "
                 "counterfactuals keeps its source's label; intervene on non-causal attributes (e.g. fg_color=*)"
             )
+
+    def paired_rows(self) -> torch.Tensor:
+        return self.relation.counts() > 0
 
     def forward_pairs(
         self, model: nn.Module, batch: Batch

@@ -28,7 +28,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from cfgen.classifier.backbones import build_backbone
@@ -194,6 +194,22 @@ def train_seed(
     return accelerator.unwrap_model(model), result
 
 
+def paired_sampler(paired: torch.Tensor | None, share: float | None) -> WeightedRandomSampler | None:
+    """Draws training rows so that ``share`` of them have a counterfactual, when only some do.
+
+    With counterfactuals for a few hundred of thousands of images (the quick pipeline's budget),
+    uniform batches hold one or two pairs and the pairing term barely acts. The generator is seeded
+    from the global RNG, which ``set_seed`` makes the same on every process, so all processes
+    draw the same rows and accelerate shards them.
+    """
+    if share is None or paired is None or bool(paired.all()) or not bool(paired.any()):
+        return None
+    counts = int(paired.sum()), int((~paired).sum())
+    weights = torch.where(paired, share / counts[0], (1 - share) / counts[1]).double()
+    generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+    return WeightedRandomSampler(weights, num_samples=len(paired), replacement=True, generator=generator)
+
+
 def new_model(config: ClassifierConfig, data: TrainingData) -> Classifier:
     backbone = build_backbone(config.backbone, data.image_format.channels, config.backbone_weights)
     return Classifier(backbone, data.groups.label.num_values)
@@ -217,7 +233,10 @@ def fit(
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batch_size = min(config.batch_size, max(2, data.n_train // accelerator.num_processes))
-    loader = DataLoader(range(data.n_train), batch_size=batch_size, shuffle=True, drop_last=True)
+    sampler = paired_sampler(objective.paired_rows(), config.pair_share)
+    loader = DataLoader(
+        range(data.n_train), batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True
+    )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     validation = data.evaluation.get(VALIDATION)
