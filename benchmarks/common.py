@@ -63,7 +63,8 @@ def preset_recipe(preset: str) -> dict[str, Any]:
 
 def trained_on(folder: Path, data: Path, preset: str) -> bool:
     """Whether ``folder`` holds a finished generator trained on ``data`` with today's ``preset`` recipe, to reuse."""
-    if not (folder / CONFIG_FILE).is_file():
+    files = (folder / CONFIG_FILE, folder / TRAINING_CONFIG_FILE, folder / "unet" / "config.json")
+    if not all(file.is_file() for file in files):
         return False
     stored = json.loads((folder / TRAINING_CONFIG_FILE).read_text())
     unet = json.loads((folder / "unet" / "config.json").read_text())

@@ -174,7 +174,8 @@ def run_pipeline(
         summary = _summary(before, after, quality, classifiers, seconds)
         write_json(run_dir / "metrics.json", summary)
         (run_dir / "report.md").write_text(_report(summary, before, intervention, preset))
-        write_run_record(run_dir, {"preset": preset, "data": str(data), "spurious": spurious, **settings}, seed)
+        record = {"preset": preset, "data": str(data), "spurious": spurious, **settings, "pair_share": PAIR_SHARE}
+        write_run_record(run_dir, record, seed)
     return out
 
 
@@ -261,9 +262,8 @@ def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "`test` is unconfounded on the built-in data; `test-anti` never shows a digit in its training colour. "
-        f"Methods that use counterfactuals draw {PAIR_SHARE:.0%} of every batch from the training images that "
-        "have one.",
+        "`test` is unconfounded on the built-in data; `test-anti` never shows a digit in its training colour.",
+        *_pairing_note(PRESETS[preset]["sources"]),
         "",
         "## Time per stage (s)",
         "",
@@ -271,6 +271,15 @@ def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _pairing_note(sources: int | None) -> list[str]:
+    if sources is None:
+        return []
+    return [
+        f"Counterfactuals exist for {sources} training images: cf-augment, cf-reg and cf-contrastive draw "
+        f"{PAIR_SHARE:.0%} of every batch (on average) from those (`--pair-share {PAIR_SHARE}`).",
+    ]
 
 
 def _splits(summary: dict) -> list[str]:

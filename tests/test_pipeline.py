@@ -37,6 +37,9 @@ def test_metrics_and_report(run_dir: Path) -> None:
     for heading in ("## 1. Confounding", "## 2. Counterfactuals", "## 3. Classifiers"):
         assert heading in report
     assert "| erm |" in report and "| cf-reg |" in report
+    assert "Counterfactuals exist for 16 training images" in report  # the tiny preset edits 16 of 160
+    cf_reg_run = json.loads((run_dir / "classifiers" / "cf-reg" / "run.json").read_text())
+    assert cf_reg_run["config"]["pair_share"] == 0.5
     assert ".partial" not in report
 
 

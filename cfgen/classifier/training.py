@@ -234,6 +234,11 @@ def fit(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batch_size = min(config.batch_size, max(2, data.n_train // accelerator.num_processes))
     sampler = paired_sampler(objective.paired_rows(), config.pair_share)
+    if config.pair_share is not None and sampler is None:
+        accelerator.print(
+            f"note: --pair-share changes nothing for {config.method} here: it pairs no counterfactuals, "
+            "or every training image has one"
+        )
     loader = DataLoader(
         range(data.n_train), batch_size=batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True
     )

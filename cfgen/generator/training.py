@@ -295,7 +295,7 @@ def training_loss(
     snr_gamma: float,
     consistency: ConsistencyObjective | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss a training step minimises, and its parts (unweighted) for logging."""
+    """The loss a training step minimises, and its parts for logging (the consistency terms before their weights)."""
     parts = {"denoising": denoising_loss(model, scheduler, images, conditions, condition_dropout, snr_gamma)}
     total = parts["denoising"]
     if consistency is not None:
