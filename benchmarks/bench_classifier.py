@@ -39,6 +39,7 @@ from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.table import read_imagefolder
 from cfgen.generator.generation import generate_counterfactuals
 from cfgen.generator.inference import DEFAULT_STEPS
+from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import PRESETS as GENERATOR_PRESETS
 from cfgen.generator.training import train_generator
 from cfgen.io import write_json
@@ -107,15 +108,18 @@ def trained_generator(data: Path, preset: str, out: Path) -> Path:
 
 def generate(data: Path, generator: Path, intervention: str, steps: int | None, out: Path) -> Path:
     """Counterfactuals of the train split from a trained generator (what ``cfgen generate`` does),
-    reused when ``out`` already holds them for this dataset, generator, intervention and steps."""
+    reused when ``out`` already holds them for this dataset, generator, intervention and steps, and
+    was written after the generator (a generator retrained in the same folder makes them stale)."""
     card = read_imagefolder(out).card.get("counterfactuals", {}) if out.exists() else {}
     wanted = {
         "source_metadata_sha256": metadata_digest(data),
         "generator": str(generator.resolve()),
         "intervention": intervention,
     }
-    record = json.loads((out / "run.json").read_text())["config"] if (out / "run.json").is_file() else {}
-    if record.get("steps") == (steps or DEFAULT_STEPS) and {key: card.get(key) for key in wanted} == wanted:
+    run = out / "run.json"
+    record = json.loads(run.read_text())["config"] if run.is_file() else {}
+    fresh = run.is_file() and run.stat().st_mtime >= (generator / CONFIG_FILE).stat().st_mtime
+    if fresh and record.get("steps") == (steps or DEFAULT_STEPS) and {key: card.get(key) for key in wanted} == wanted:
         return out
     generate_counterfactuals(data, intervention, out, generator=generator, split="train", steps=steps, overwrite=True)
     return out
