@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from cfgen.classifier.config import ClassifierConfig
-from cfgen.classifier.data import Batch, BlockSampler, TrainingData
+from cfgen.classifier.data import Batch, BlockSampler, Relation, TrainingData
 from cfgen.errors import CfgenError
 
 Logs = dict[str, float]
@@ -39,6 +39,7 @@ class Objective:
     uses_counterfactuals = False
     needs_groups = False
     erm_epochs = 0  # > 0: train plain ERM first and hand its predictions to ``use_erm_predictions``
+    relation: Relation | None = None  # the counterfactuals each training row is paired with, if any
 
     def setup(self, data: TrainingData, accelerator: Accelerator, generator: torch.Generator) -> None:
         self.data = data
@@ -53,8 +54,8 @@ class Objective:
         return self.data.pool.batch(rows, device)
 
     def paired_rows(self) -> torch.Tensor | None:
-        """Mask of the training rows that have a counterfactual this objective uses (None: it uses none)."""
-        return None
+        """Mask of the training rows that have a counterfactual this objective pairs (None: it pairs none)."""
+        return None if self.relation is None else self.relation.counts() > 0
 
 
 class ERM(Objective):
@@ -74,9 +75,6 @@ class CounterfactualAugmentation(Objective):
     def setup(self, data: TrainingData, accelerator: Accelerator, generator: torch.Generator) -> None:
         super().setup(data, accelerator, generator)
         self.relation = data.relation(same_label=None)
-
-    def paired_rows(self) -> torch.Tensor:
-        return self.relation.counts() > 0
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Logs]:
         partners, has = self.relation.sample(batch.rows, self.generator)
@@ -107,9 +105,6 @@ class SameLabelPairs(Objective):
                 f"{self.method} pairs an image with counterfactuals of the SAME label, and none of the given "
                 "counterfactuals keeps its source's label; intervene on non-causal attributes (e.g. fg_color=*)"
             )
-
-    def paired_rows(self) -> torch.Tensor:
-        return self.relation.counts() > 0
 
     def forward_pairs(
         self, model: nn.Module, batch: Batch
