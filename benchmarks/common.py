@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from cfgen.data.images import ImageFormat
+from cfgen.generator.deconfounding import JUDGES_CONFIG, JUDGES_FOLDER, JUDGES_VERSION
 from cfgen.generator.model import CONFIG_FILE, build_unet
 from cfgen.generator.training import TRAINING_CONFIG_FILE, TrainingConfig
 from cfgen.io import package_versions
@@ -68,4 +69,6 @@ def trained_on(folder: Path, data: Path, preset: str) -> bool:
         return False
     stored = json.loads((folder / TRAINING_CONFIG_FILE).read_text())
     unet = json.loads((folder / "unet" / "config.json").read_text())
-    return stored["data"] == str(data.resolve()) and recipe(stored, unet) == preset_recipe(preset)
+    judges = folder / JUDGES_FOLDER / JUDGES_CONFIG  # consistency training's judges, trained today's way
+    current_judges = not judges.is_file() or json.loads(judges.read_text()).get("version") == JUDGES_VERSION
+    return stored["data"] == str(data.resolve()) and recipe(stored, unet) == preset_recipe(preset) and current_judges

@@ -40,11 +40,10 @@ from cfgen.data.images import ImageFormat, check_images, load_images, to_model_r
 from cfgen.data.schema import Schema
 from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
 from cfgen.errors import CfgenError
-from cfgen.generator.deconfounding import JUDGES_CONFIG, AttributeJudges, train_judges
+from cfgen.generator.deconfounding import JUDGES_CONFIG, JUDGES_VERSION, AttributeJudges, train_judges
 from cfgen.io import atomic_output_dir, write_json, write_run_record
 
 METRICS_FILE = "metrics.json"
-JUDGE_VERSION = 1  # bump when the judges' training changes, so cached ones are retrained
 PIXEL_JUDGED = {"fg_color": colored_mnist.FG_COLORS, "bg_color": colored_mnist.BG_COLORS}
 BORDER = 2  # pixels of the frame read as background on the built-in digits
 PROVENANCE = ("cf_source_row", "cf_intervened", "cf_counterfactual")
@@ -157,7 +156,7 @@ def load_or_train_judges(
         image_format = check_images(_training_rows(table))
         identity = metadata_digest(data)
     key = {
-        "version": JUDGE_VERSION,
+        "version": JUDGES_VERSION,
         "data": identity,
         "builtin": builtin,
         "variables": [[v.name, list(v.values)] for v in learned],
