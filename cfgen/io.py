@@ -89,12 +89,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_run_record(folder: Path, config: dict[str, Any], seed: int | None = None) -> None:
-    """Write the resolved configuration, the command, the seed and the versions beside outputs."""
+def write_run_record(
+    folder: Path, config: dict[str, Any], seed: int | None = None, mixed_precision: str | None = None
+) -> None:
+    """Write the resolved configuration, the command, the seed, the precision the run used (where
+    it trained or generated with a model) and the versions beside outputs."""
     record = {
         "command": sys.argv,
         "config": config,
         "seed": seed,
+        "mixed_precision": mixed_precision,
         "versions": package_versions(),
         "machine": platform.platform(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

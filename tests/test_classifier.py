@@ -20,7 +20,13 @@ from cfgen.classifier.backbones import build_backbone
 from cfgen.classifier.config import METHOD_NAMES, ClassifierConfig
 from cfgen.classifier.data import load_training_data
 from cfgen.classifier.evaluation import format_statistic, select_epoch, split_metrics, statistic, summarize_splits
-from cfgen.classifier.methods import ERM, CounterfactualAugmentation, CounterfactualRegularizer, GroupDRO
+from cfgen.classifier.methods import (
+    ERM,
+    CounterfactualAugmentation,
+    CounterfactualRegularizer,
+    GroupDRO,
+    log_probability_gradient,
+)
 from cfgen.classifier.training import Classifier, load_classifier, paired_sampler, predict, train_classifiers
 from cfgen.cli import main
 from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
@@ -28,6 +34,8 @@ from cfgen.data.table import METADATA_FILE
 from cfgen.generator.generation import generate_counterfactuals
 
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.trains
 SIZES = {"train": 120, "validation": 60, "test": 80, "test-anti": 40}
 
 
@@ -321,3 +329,13 @@ def test_two_processes_finish(dataset: Path, mixed_counterfactuals: Path, work: 
     assert metrics["splits"]["test"]["size"] == SIZES["test"]
     assert sum(g["count"] for g in metrics["splits"]["test"]["groups"].values()) == SIZES["test"]
     assert (out / "seed-0" / "model.safetensors").is_file()
+
+
+def test_log_probability_gradient_is_autograds() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 4)
+    features = torch.randn(5, 6, requires_grad=True)
+    labels = torch.tensor([0, 3, 1, 1, 2])
+    scores = torch.log_softmax(head(features), dim=1).gather(1, labels[:, None]).sum()
+    (expected,) = torch.autograd.grad(scores, features)
+    assert torch.allclose(log_probability_gradient(head(features), labels, head.weight), expected, atol=1e-6)

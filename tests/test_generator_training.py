@@ -45,6 +45,8 @@ from cfgen.generator.training import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.trains
 TINY = {"label": "y", "preset": "tiny"}
 
 

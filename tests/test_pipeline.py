@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 
 from cfgen.cli import main
+from cfgen.runtime import resolve_mixed_precision
+
+pytestmark = pytest.mark.trains
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,11 @@ def test_metrics_and_report(run_dir: Path) -> None:
     cf_reg_run = json.loads((run_dir / "classifiers" / "cf-reg" / "run.json").read_text())
     assert cf_reg_run["config"]["pair_share"] == 0.5
     assert ".partial" not in report
+    used = resolve_mixed_precision("auto")
+    assert metrics["mixed_precision"] == {
+        "generator": used, "generation": used, "classifier erm": used, "classifier cf-reg": used
+    }
+    assert f"Mixed precision used: generator {used}, generation {used}" in report
 
 
 def test_existing_run_is_kept_and_bad_input_writes_nothing(run_dir: Path, tmp_path: Path, capsys) -> None:

@@ -15,6 +15,7 @@ from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.training import train_classifiers
 from cfgen.cli_options import add_output_arguments, column_list, kind_overrides
 from cfgen.data.adapters import FORMATS
+from cfgen.runtime import MIXED_PRECISION_CHOICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, one model each (default 0)")
-    parser.add_argument("--mixed-precision", help="no, fp16 or bf16 (default: accelerate's setting)")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION_CHOICES,
+        default=defaults.mixed_precision,
+        help="auto (default): bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
+    )
     parser.add_argument(
         "--min-group-size",
         type=int,

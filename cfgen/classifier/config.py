@@ -3,10 +3,9 @@
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-
 from cfgen.classifier.backbones import BACKBONES
 from cfgen.errors import CfgenError
+from cfgen.runtime import resolve_mixed_precision
 
 METHOD_NAMES = (
     "erm",
@@ -20,7 +19,6 @@ METHOD_NAMES = (
 )
 CF_DISTANCES = ("l2", "cosine")
 CF_LAYERS = ("features", "logits")
-MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 @dataclass
@@ -43,7 +41,7 @@ class ClassifierConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seeds: tuple[int, ...] = (0,)
-    mixed_precision: str | None = None  # None: accelerate's default (the launcher's setting, else "no")
+    mixed_precision: str = "auto"
     min_group_size: int = 5
     pair_share: float | None = None  # None: training rows are drawn uniformly
     cf_weight: float = 1.0
@@ -66,10 +64,7 @@ class ClassifierConfig:
         _one_of(self.backbone, BACKBONES, "backbone")
         _one_of(self.cf_distance, CF_DISTANCES, "--cf-distance")
         _one_of(self.cf_layer, CF_LAYERS, "--cf-layer")
-        if self.mixed_precision is not None:
-            _one_of(self.mixed_precision, MIXED_PRECISION, "--mixed-precision")
-        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise CfgenError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no")
+        resolve_mixed_precision(self.mixed_precision)  # refuses unknown choices and fp16 without CUDA
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise CfgenError(f"--seeds needs distinct whole numbers >= 0, e.g. 0,1,2; got {self.seeds}")
         for name in ("epochs", "batch_size", "min_group_size"):

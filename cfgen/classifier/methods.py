@@ -225,12 +225,22 @@ class GradientSupervision(Objective):
         if not len(extra.labels):
             return ce, {"ce": ce.item(), "gs": 0.0}
         mask = has.to(logits.device)
-        scores = F.log_softmax(logits[:size][mask].float(), dim=1).gather(1, extra.labels[:, None]).sum()
-        (gradient,) = torch.autograd.grad(scores, features, create_graph=True)
-        gradient = gradient[:size][mask]
+        head = self.accelerator.unwrap_model(model).head.weight
+        gradient = log_probability_gradient(logits[:size][mask], extra.labels, head)
         step = features[size:] - features[:size][mask]
-        alignment = (1 - F.cosine_similarity(gradient.float(), step.float(), dim=1)).mean()
+        alignment = (1 - F.cosine_similarity(gradient, step.float(), dim=1)).mean()
         return ce + self.weight * alignment, {"ce": ce.item(), "gs": alignment.item()}
+
+
+def log_probability_gradient(logits: torch.Tensor, labels: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """d log p(label | h) / dh for logits = head @ h + b: head^T (onehot(label) - softmax(logits)).
+
+    Written out rather than asked of autograd: under mixed precision the features a model returns
+    are a float32 copy of those its logits were computed from, which autograd cannot differentiate
+    through. Differentiable in the logits and the head, as ``create_graph`` would be.
+    """
+    probabilities = F.softmax(logits.float(), dim=1)
+    return (F.one_hot(labels, probabilities.shape[1]).float() - probabilities) @ head.float()
 
 
 def contrastive_loss(

@@ -51,6 +51,7 @@ from cfgen.io import (
     write_json,
     write_run_record,
 )
+from cfgen.runtime import make_accelerator
 
 METRICS_FILE = "metrics.json"
 METRICS_SCHEMA = "cfgen.classifier.metrics/1"
@@ -123,8 +124,8 @@ def train_classifiers(config: ClassifierConfig, data: TrainingData | None = None
     check_inputs(config, objective)
     out = Path(config.out)
     check_output_dir(out, config.overwrite)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+    accelerator = make_accelerator(
+        config.mixed_precision,
         log_with="tensorboard" if is_tensorboard_available() else None,
         project_config=ProjectConfiguration(logging_dir=str(out / "logs")),  # staged below, like every output
     )
@@ -149,10 +150,10 @@ def train_classifiers(config: ClassifierConfig, data: TrainingData | None = None
             if staging is not None:
                 save_checkpoint(staging / f"seed-{seed}", model, _checkpoint_config(config, data, result))
             accelerator.free_memory()  # drop the accelerator's references to this seed's model and loaders
-        metrics = build_metrics(config, data, objective, per_seed, accelerator.num_processes)
+        metrics = build_metrics(config, data, objective, per_seed, accelerator)
         if staging is not None:
             write_json(staging / METRICS_FILE, metrics)
-            write_run_record(staging, config.to_dict(), seed=config.seeds[0])
+            write_run_record(staging, config.to_dict(), config.seeds[0], accelerator.mixed_precision)
         finish_trackers(accelerator)
     accelerator.wait_for_everyone()
     return metrics
@@ -306,7 +307,7 @@ def build_metrics(
     data: TrainingData,
     objective: Objective,
     per_seed: list[dict[str, Any]],
-    processes: int,
+    accelerator: Accelerator,
 ) -> dict[str, Any]:
     """The metrics.json payload (schema in docs/classifier.md)."""
     first_validation = per_seed[0]["history"][0].get("validation")
@@ -333,7 +334,8 @@ def build_metrics(
             "image_mode": data.image_format.mode,
             "counterfactuals": data.counterfactuals.to_dict() if objective.uses_counterfactuals else None,
         },
-        "processes": processes,
+        "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
         "config": config.to_dict(),
     }
 

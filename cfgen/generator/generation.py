@@ -48,9 +48,9 @@ from cfgen.generator.inference import (
     parse_guidance,
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
-from cfgen.generator.training import MIXED_PRECISION_CHOICES, default_mixed_precision
 from cfgen.interventions import Request, parse_intervention, plan_requests
 from cfgen.io import check_output_dir, write_json, write_run_record
+from cfgen.runtime import MIXED_PRECISION_CHOICES, autocast_dtype, resolve_mixed_precision
 
 EXACT = "exact"
 SETTINGS_FILE = "generation_settings.json"
@@ -133,7 +133,7 @@ class GeneratorSource:
                 target[k, self.schema.names.index(name)] = (
                     variable.code_of(value) if variable.is_discrete else float(value)
                 )
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed_precision)
+        dtype = autocast_dtype(self.mixed_precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             noise = invert(self.generator, images, factual, self.inference)
             samples = decode(self.generator, noise[of_request], target, self.inference)
@@ -169,15 +169,6 @@ def check_dataset_matches(schema: Schema, rows: MetadataTable, generator: str) -
                 f"column {variable.name!r} of {rows.source} has value(s) {', '.join(map(repr, unknown[:5]))} that "
                 f"the generator {generator} was not trained with; its values: {', '.join(variable.values)}"
             )
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    """The choice, with auto resolved as in training (bf16 only where it is fast)."""
-    if choice not in MIXED_PRECISION_CHOICES:
-        raise CfgenError(f"unknown mixed precision {choice!r}; valid: {', '.join(MIXED_PRECISION_CHOICES)}")
-    if choice == "fp16" and not torch.cuda.is_available():
-        raise CfgenError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no")
-    return default_mixed_precision() if choice == "auto" else choice
 
 
 def process_state() -> PartialState:
@@ -279,7 +270,8 @@ def generate_counterfactuals(
         write_counterfactual_folder(staging, data, table, requests, intervention, generator=source.name)
         write_example_grid(staging, table, requests)
         (staging / SETTINGS_FILE).unlink()
-        write_run_record(staging, {**record, "batch_size": batch_size, "processes": state.num_processes}, seed=seed)
+        run_config = {**record, "batch_size": batch_size, "processes": state.num_processes}
+        write_run_record(staging, run_config, seed, record.get("mixed_precision"))
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

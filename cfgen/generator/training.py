@@ -63,11 +63,11 @@ from cfgen.generator.deconfounding import (
 from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings, decode, invert
 from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
 from cfgen.io import finish_trackers, scalar_record, write_json, write_run_record
+from cfgen.runtime import MIXED_PRECISION_CHOICES, make_accelerator, resolve_mixed_precision
 
 TRAINING_CONFIG_FILE = "training_config.json"
 CHECKPOINTS_FOLDER = "checkpoints"
 SAMPLES_FOLDER = "samples"
-MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 MAX_GRAD_NORM = 1.0
 PREVIEW_EXAMPLES = 8
 
@@ -210,10 +210,7 @@ class TrainingConfig:
             raise CfgenError(f"--condition-dropout must be in [0, 1), not {self.condition_dropout}")
         if self.snr_gamma < 0:
             raise CfgenError(f"--snr-gamma must be >= 0 (0 turns the weighting off), not {self.snr_gamma}")
-        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
-            raise CfgenError(
-                f"unknown mixed precision {self.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION_CHOICES)}"
-            )
+        resolve_mixed_precision(self.mixed_precision)  # refuses unknown choices and fp16 without CUDA
         if self.resume and self.overwrite:
             raise CfgenError("--resume continues the run in --out and --overwrite replaces it; pass only one")
 
@@ -225,13 +222,6 @@ class TrainingConfig:
 def train_generator(data: str | Path, out: str | Path, **options: Any) -> Path:
     """Python entry point: ``train_generator("data/cmnist", "runs/gen", preset="tiny", deconfound="reweight")``."""
     return train(TrainingConfig(data=str(data), out=str(out), **options))
-
-
-def default_mixed_precision() -> str:
-    """bf16 where it is fast (a CUDA GPU with bf16, or a CPU with AMX tiles), else no mixed precision."""
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if torch.cpu._is_amx_tile_supported() else "no"
 
 
 class Denoiser(nn.Module):
@@ -310,12 +300,9 @@ def train(config: TrainingConfig) -> Path:
     """Train a generator; returns the output folder, complete when this returns."""
     config = config.resolved()
     out = Path(config.out)
-    mixed_precision = default_mixed_precision() if config.mixed_precision == "auto" else config.mixed_precision
-    if mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise CfgenError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no")
-    accelerator = Accelerator(
+    accelerator = make_accelerator(
+        config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=mixed_precision,
         log_with="tensorboard" if is_tensorboard_available() else None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         # the encoder's null vector for continuous variables is unused when every variable is discrete
@@ -466,7 +453,7 @@ def train(config: TrainingConfig) -> Path:
             "learning_rate": config.learning_rate,
             "ema_decay": config.ema_decay,
             "condition_dropout": config.condition_dropout,
-            "mixed_precision": mixed_precision,
+            "mixed_precision": accelerator.mixed_precision,
             "data": {"path": config.data, "split": data.split, "images": len(table), "resize": config.resize},
             "final_loss": logged,
             **record,
@@ -616,7 +603,7 @@ def save_final(generator: Generator, out: Path, config: dict[str, Any], seed: in
         if part.name != CONFIG_FILE:
             shutil.rmtree(out / part.name, ignore_errors=True)
             os.replace(part, out / part.name)
-    write_run_record(out, config, seed=seed)
+    write_run_record(out, config, seed, generator.training.get("mixed_precision"))
     os.replace(staging / CONFIG_FILE, out / CONFIG_FILE)
     staging.rmdir()
 
