@@ -17,6 +17,7 @@ COMMANDS = {
     "measure": ("cfgen.confounding.command", "measure how confounded a dataset's attributes are"),
     "train-generator": ("cfgen.generator.training", "train a counterfactual generator (diffusers UNet)"),
     "generate": ("cfgen.generator.generation", "write a counterfactual dataset (trained generator or exact)"),
+    "tune-inference": ("cfgen.inference_tuning", "choose a generator's inference settings on validation data"),
     "evaluate-counterfactuals": ("cfgen.counterfactual_metrics", "score a counterfactual dataset"),
     "train-classifier": ("cfgen.classifier.command", "train a debiased classifier (erm, cf-reg, group-dro, ...)"),
     "pipeline": ("cfgen.pipeline", "run every stage on the built-in default dataset or your own"),

@@ -5,13 +5,17 @@
   values; agreement: they read as the judges read the source image (the judges' own mistakes on
   the source do not count against the counterfactual);
 - error to the exact counterfactual (built-in datasets, ``--exact``): mean squared pixel difference,
-  images in [0, 1], against the ground-truth re-rendering of the same edit.
+  images in [0, 1], against the ground-truth re-rendering of the same edit; and, free of any judge,
+  shape fidelity: the IoU of the stroke masks of the edit and of the exact counterfactual, and the
+  difference of their stroke widths in pixels (a stroke mask holds the pixels farther from the
+  image's frame colour than half its stroke contrast; width = 2 x area / perimeter).
 
 The readers ("judges") must not share the shortcut they are meant to expose. On the built-in
 colored digits the mechanism is known: colours are read from the pixels (the background from the
 image border, the foreground as the palette colour that best explains every pixel as a mix of it and
-the background), and the digit and the other attributes by a small CNN trained on digits re-rendered
-with every factor drawn independently, from MNIST digits that no validation or test image uses. On
+the background), and the digit and the other attributes by a small CNN that reads the strokes
+without their colours (``stroke_map``), trained on digits re-rendered with every factor drawn
+independently, from MNIST digits that no validation or test image uses. On
 other datasets a small CNN per dataset reads every discrete variable, trained on the training split
 with group-balanced sampling (every combination of label and attribute values equally often). Judges
 are cached, keyed by everything they depend on. Each judge's accuracy on the source images is
@@ -46,6 +50,7 @@ from cfgen.io import atomic_output_dir, write_json, write_run_record
 METRICS_FILE = "metrics.json"
 PIXEL_JUDGED = {"fg_color": colored_mnist.FG_COLORS, "bg_color": colored_mnist.BG_COLORS}
 BORDER = 2  # pixels of the frame read as background on the built-in digits
+MIN_STROKE_CONTRAST = 32.0  # RGB distance below which an image is taken to hold no stroke at all
 PROVENANCE = ("cf_source_row", "cf_intervened", "cf_counterfactual")
 DEFAULT_JUDGE_STEPS = 2000
 DEFAULT_JUDGE_BATCH_SIZE = 128
@@ -66,6 +71,7 @@ class Judges:
     pixel: tuple[str, ...]
     image_format: ImageFormat
     record: dict
+    colour_free: bool = False  # the network reads ``stroke_map`` of the images (built-in digits)
 
     def __call__(self, images: np.ndarray, batch_size: int = 512) -> dict[str, np.ndarray]:
         """Codes (in the schema's vocabulary order) of every judged variable, for uint8 (N, H, W, C) images."""
@@ -84,7 +90,8 @@ class Judges:
             outputs: list[list[np.ndarray]] = [[] for _ in self.network.names]
             with torch.inference_mode():
                 for start in range(0, len(images), batch_size):
-                    _, logits = self.network(to_model_range(images[start : start + batch_size]).to(device))
+                    part = images[start : start + batch_size]
+                    _, logits = self.network(to_model_range(stroke_map(part) if self.colour_free else part).to(device))
                     for j, head in enumerate(logits):
                         outputs[j].append(head.argmax(1).cpu().numpy())
             for j, name in enumerate(self.network.names):
@@ -164,16 +171,18 @@ def load_or_train_judges(
         "steps": steps,
         "batch_size": batch_size,
         "images": images if builtin else None,
+        "input": "stroke map" if builtin else "image",
         "seed": seed,
     }
     record = {"pixel": list(pixel), "learned": [v.name for v in learned], "cache_key": key}
     if not learned:
-        return Judges(schema, None, pixel, image_format, record)
+        return Judges(schema, None, pixel, image_format, record, builtin)
     folder = cache / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not (folder / JUDGES_CONFIG).is_file():
         if builtin:
             pixels, codes = _rendered_judge_data(held_out, learned, images, image_format.size[0], seed)
+            pixels = stroke_map(pixels)
         else:
             rows = _training_rows(table)
             pixels = load_images(rows.image_paths, image_format, progress)
@@ -187,7 +196,7 @@ def load_or_train_judges(
         os.replace(partial, folder)
     network, saved = AttributeJudges.load(folder)
     record.update(folder=str(folder), training={k: v for k, v in saved.items() if k != "key"})
-    return Judges(schema, network.to(device), pixel, image_format, record)
+    return Judges(schema, network.to(device), pixel, image_format, record, builtin)
 
 
 def _training_rows(table: MetadataTable) -> MetadataTable:
@@ -302,8 +311,51 @@ def _mean(values: Any) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def _exact_errors(cf: MetadataTable, exact_dir: Path, data: Path, image_format: ImageFormat) -> np.ndarray:
-    """Per-row pixel MSE (images in [0, 1]) to the exact counterfactual of the same edit; NaN where none exists."""
+def _stroke_distance(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's RGB distance from its image's frame colour (N, H, W), and each image's stroke
+    contrast (N,): its 98th percentile distance, at least ``MIN_STROKE_CONTRAST``."""
+    offset = images.astype(np.float64) - _border_colour(images)[:, None, None, :]
+    distance = np.sqrt((offset**2).sum(-1))
+    contrast = np.maximum(np.percentile(distance.reshape(len(images), -1), 98, axis=1), MIN_STROKE_CONTRAST)
+    return distance, contrast
+
+
+def stroke_map(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 1): the built-in digits' strokes without their colours (distance from the frame
+    colour over the stroke contrast), which is what the learned built-in judges read."""
+    distance, contrast = _stroke_distance(images)
+    return (np.clip(distance / contrast[:, None, None], 0, 1) * 255).round().astype(np.uint8)[..., None]
+
+
+def stroke_masks(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool: the pixels of uint8 (N, H, W, 3) images farther from their frame's colour than
+    half the image's stroke contrast: the shape whatever its colours."""
+    distance, contrast = _stroke_distance(images)
+    return distance > contrast[:, None, None] / 2
+
+
+def stroke_width(masks: np.ndarray) -> np.ndarray:
+    """Mean stroke width in pixels of each (H, W) mask: 2 x area / perimeter (pixel edges between stroke
+    and background), which tends to the width of a long stroke."""
+    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
+    edges = (padded[:, 1:, :] != padded[:, :-1, :]).sum((1, 2)) + (padded[:, :, 1:] != padded[:, :, :-1]).sum((1, 2))
+    return 2 * masks.sum((1, 2)) / np.maximum(edges, 1)
+
+
+def stroke_fidelity(generated: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image: IoU of the stroke masks of ``generated`` and ``truth`` (uint8 RGB) and their stroke-width
+    difference in pixels."""
+    edit, exact = stroke_masks(generated), stroke_masks(truth)
+    union = (edit | exact).sum((1, 2))
+    iou = np.where(union > 0, (edit & exact).sum((1, 2)) / np.maximum(union, 1), 1.0)
+    return {"stroke_iou": iou, "stroke_width_error": np.abs(stroke_width(edit) - stroke_width(exact))}
+
+
+def _exact_errors(
+    cf: MetadataTable, exact_dir: Path, data: Path, image_format: ImageFormat, builtin: bool
+) -> dict[str, np.ndarray]:
+    """Per row, against the exact counterfactual of the same edit (NaN where none exists): pixel MSE (images
+    in [0, 1]) and, on the built-in digits, stroke IoU and stroke-width error."""
     exact = read_imagefolder(exact_dir)
     recorded = (exact.card.get("counterfactuals") or {}).get("source_metadata_sha256")
     if recorded != metadata_digest(data):
@@ -317,12 +369,16 @@ def _exact_errors(cf: MetadataTable, exact_dir: Path, data: Path, image_format: 
         raise CfgenError(
             f"--exact {exact_dir} holds none of the edits in {cf.source}; make it with the same --intervene"
         )
-    errors = np.full(len(cf), np.nan)
+    names = ["mse_to_exact", *(["stroke_iou", "stroke_width_error"] if builtin else [])]
+    errors = {name: np.full(len(cf), np.nan) for name in names}
     for start in range(0, rows.size, 1024):
         part = rows[start : start + 1024]
-        generated = load_images(cf.image_paths[part], image_format).astype(np.float64) / 255
-        truth = load_images(exact.image_paths[[matched[i] for i in part]], image_format).astype(np.float64) / 255
-        errors[part] = ((generated - truth) ** 2).mean(axis=(1, 2, 3))
+        generated = load_images(cf.image_paths[part], image_format)
+        truth = load_images(exact.image_paths[[matched[i] for i in part]], image_format)
+        errors["mse_to_exact"][part] = ((generated / 255 - truth / 255) ** 2).mean(axis=(1, 2, 3))
+        if builtin:
+            for name, values in stroke_fidelity(generated, truth).items():
+                errors[name][part] = values
     return errors
 
 
@@ -370,26 +426,29 @@ def evaluate_counterfactuals(
     sources = {name: codes[of_row] for name, codes in read_sources.items()}  # aligned with the cf rows
 
     groups = {"all": np.ones(len(cf), dtype=bool), **rarity(source, schema, cf, rare_ratio)}
-    errors = _exact_errors(cf, Path(exact), data, judges.image_format) if exact is not None else None
+    errors = {}
+    if exact is not None:
+        errors = _exact_errors(cf, Path(exact), data, judges.image_format, is_builtin(source))
+
+    def scores_of(rows: np.ndarray) -> dict[str, Any]:
+        scores = _scores(judged, sources, cf, schema, rows)
+        for name, values in errors.items():
+            scores[name] = _mean(values[rows][~np.isnan(values[rows])])
+        return scores
+
     breakdown = {}
     for group, mask in groups.items():
         rows = np.flatnonzero(mask)
-        scores = _scores(judged, sources, cf, schema, rows)
-        if errors is not None:
-            scores["mse_to_exact"] = _mean(errors[rows][~np.isnan(errors[rows])])
-        by_intervention = {}
-        for intervened in sorted(set(cf.column("cf_intervened")[rows])):
-            subset = rows[cf.column("cf_intervened")[rows] == intervened]
-            by_intervention[intervened] = _scores(judged, sources, cf, schema, subset)
-            if errors is not None:
-                by_intervention[intervened]["mse_to_exact"] = _mean(errors[subset][~np.isnan(errors[subset])])
-        scores["by_intervention"] = by_intervention
-        breakdown[group] = scores
+        interventions = cf.column("cf_intervened")[rows]
+        breakdown[group] = {
+            **scores_of(rows),
+            "by_intervention": {name: scores_of(rows[interventions == name]) for name in sorted(set(interventions))},
+        }
     return {
         "counterfactuals": str(cf_dir.resolve()),
         "data": str(data.resolve()),
         "exact": str(Path(exact).resolve()) if exact is not None else None,
-        "exact_matched": int(np.sum(~np.isnan(errors))) if errors is not None else None,
+        "exact_matched": int(np.sum(~np.isnan(errors["mse_to_exact"]))) if errors else None,
         "rare_definition": f"(label, value) pair seen < {rare_ratio} x its count under independence in training; "
         "absent: never seen",
         "judges": judges.record,
@@ -431,6 +490,8 @@ def run(args: argparse.Namespace) -> None:
         line += f"preservation {_fmt(scores['preservation']['all'])}"
         if "mse_to_exact" in scores:
             line += f", MSE to exact {_fmt(scores['mse_to_exact'], 4)}"
+        if "stroke_iou" in scores:
+            line += f", stroke IoU {_fmt(scores['stroke_iou'])}, width error {_fmt(scores['stroke_width_error'])} px"
         print(line)
     print(f"wrote {Path(args.out) / METRICS_FILE}")
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,37 @@ from conftest import write_folder
 from PIL import Image
 
 from cfgen.cli import main
-from cfgen.counterfactual_metrics import evaluate_counterfactuals
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist, render_counterfactual
+from cfgen.counterfactual_metrics import evaluate_counterfactuals, stroke_fidelity
+from cfgen.data.colored_mnist import (
+    ColoredMNISTConfig,
+    load_digits,
+    make_colored_mnist,
+    render,
+    render_counterfactual,
+)
 from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
 from cfgen.data.images import load_images, to_model_range
 from cfgen.data.table import read_imagefolder
 from cfgen.errors import CfgenError
 from cfgen.generator.generation import staging_dir
-from cfgen.generator.inference import InferenceSettings, counterfactuals, decode, invert, parse_guidance
+from cfgen.generator.inference import (
+    InferenceSettings,
+    counterfactuals,
+    decode,
+    edit_mask,
+    invert,
+    invert_path,
+    otsu_threshold,
+    parse_guidance,
+    settings_for,
+)
 from cfgen.generator.model import Generator
 from cfgen.generator.training import train_generator
 from cfgen.interventions import parse_intervention, plan_requests
 
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.trains
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 # the plan most tests generate: one random colour edit for each of the 12 test digits, in batches of 2
 PLAN = ["--intervene", "fg_color=random", "--split", "test", "--steps", "6", "--batch-size", "2"]
@@ -251,6 +270,7 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
     assert accuracy["fg_color"] == accuracy["bg_color"] == 1.0 and accuracy["digit"] > 0.4
     scores = good["all"]
     assert scores["rows"] == good["exact_matched"] == 36 * 9 and scores["mse_to_exact"] == 0.0
+    assert scores["stroke_iou"] == 1.0 and scores["stroke_width_error"] == 0.0
     assert scores["effectiveness"] == {"fg_color": 1.0, "all": 1.0} and scores["preservation"]["bg_color"] == 1.0
     for name in ("digit", "thickness"):  # an unconfounded judge reads the same after a colour edit
         assert scores["preservation"][name] == pytest.approx(accuracy[name], abs=0.15)
@@ -273,6 +293,31 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
     assert bad["all"]["preservation"]["bg_color"] == 1.0
     assert bad["all"]["preservation"]["digit"] == pytest.approx(accuracy["digit"], abs=1e-9)
     assert bad["all"]["agreement_with_source"]["all"] == 1.0  # the very source images
+    assert bad["all"]["stroke_iou"] > 0.9 and bad["all"]["stroke_width_error"] < 0.2  # the shape is the source's
+
+
+def test_stroke_fidelity_sees_shape_and_thickness_but_not_colour() -> None:
+    digits, labels = load_digits()
+    one, other = int(np.flatnonzero(labels == 3)[0]), int(np.flatnonzero(labels == 1)[0])
+
+    def image(index: int, **factors: str) -> np.ndarray:
+        return render(digits, index, {"fg_color": "red", "bg_color": "navy", "thickness": "normal", **factors}, 28)
+
+    truth = image(one)
+
+    def fidelity(edit: np.ndarray) -> tuple[float, float]:
+        scores = stroke_fidelity(edit[None], truth[None])
+        return float(scores["stroke_iou"][0]), float(scores["stroke_width_error"][0])
+
+    assert fidelity(truth) == (1.0, 0.0)
+    for colours in ({"fg_color": "cyan", "bg_color": "brown"}, {"fg_color": "pink", "bg_color": "gray"}):
+        iou, width_error = fidelity(image(one, **colours))
+        assert iou > 0.9 and width_error < 0.2, colours
+    for thickness in ("thin", "thick"):
+        iou, width_error = fidelity(image(one, thickness=thickness))
+        assert iou < 0.8 and width_error > 0.5, thickness
+    iou, _ = fidelity(image(other))
+    assert iou < 0.4
 
 
 def _square_image(y: str, color: str, rng: np.random.Generator) -> np.ndarray:
@@ -325,3 +370,79 @@ def test_metrics_on_other_datasets_use_group_balanced_judges(tmp_path: Path, jud
     # edits that make one are rare, none absent
     assert edited["rare"]["rows"] == 10 and edited["absent"]["rows"] == 0
     assert edited["exact"] is None and "mse_to_exact" not in edited["all"]
+
+
+def test_settings_chosen_on_validation_are_saved_and_used(
+    dataset: Path, generator: Path, tmp_path: Path, judge_cache: Path, capsys
+) -> None:
+    tuned = tmp_path / "gen"
+    shutil.copytree(generator, tuned)
+    judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
+    grid = ["--depths", "0.4,1.0", "--guidance", "0,6", "--localize", "both", "--steps", "4", "--sources", "12", *judge]
+    common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
+    assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
+    inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
+    assert set(inference["attributes"]) == {"fg_color", "thickness"}
+    assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 12
+    for name, scores in inference["selection"]["grid"].items():
+        assert len(scores) == 8
+        assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)
+        best = max(scores, key=lambda s: (s["success"], -s["localize"], -s["inversion_depth"], -s["guidance"]))
+        expected = {"steps": 4, **{key: best[key] for key in ("inversion_depth", "guidance", "localize")}}
+        assert inference["attributes"][name] == expected
+
+    # cfgen generate uses the chosen settings unless told otherwise
+    chosen = inference["attributes"]["fg_color"]
+    out = tmp_path / "cf"
+    edit = ["generate", "--generator", str(tuned), "--data", str(dataset), "--intervene", "fg_color=random",
+            "--split", "test", "--limit", "2"]  # fmt: skip
+    assert cli(*edit, "--out", str(out)) == 0
+    used = json.loads((out / "run.json").read_text())["config"]
+    assert (used["steps"], used["inversion_depth"]) == (4, chosen["inversion_depth"])
+    assert used["guidance"] == {"fg_color": chosen["guidance"]} and used["localize"] == chosen["localize"]
+    assert cli(*edit, "--inversion-depth", "0.5", "--out", str(tmp_path / "cf2")) == 0
+    assert json.loads((tmp_path / "cf2" / "run.json").read_text())["config"]["inversion_depth"] == 0.5
+
+    # a joint edit inverts as deep as its deepest attribute needs, each attribute with its own guidance
+    joint = settings_for(Generator.load(tuned), ("fg_color", "thickness"))
+    thickness = inference["attributes"]["thickness"]
+    assert joint.inversion_depth == max(chosen["inversion_depth"], thickness["inversion_depth"])
+    assert joint.guidance == {"fg_color": chosen["guidance"], "thickness": thickness["guidance"]}
+    assert joint.localize == (chosen["localize"] or thickness["localize"])
+    capsys.readouterr()
+
+    # never on the test split; only attributes the generator edits; a folder without validation rows
+    assert cli("tune-inference", *common, "--split", "test") == 2
+    assert "never chosen on a test split" in capsys.readouterr().err
+    assert cli("tune-inference", *common, "--attributes", "hue") == 2
+    assert "attributes the generator edits: fg_color, bg_color, thickness" in capsys.readouterr().err
+    assert cli("tune-inference", *common, "--split", "holdout") == 2
+    assert "has no 'holdout' split" in capsys.readouterr().err
+
+
+def test_localized_edits_keep_the_source_outside_the_mask(dataset: Path, generator: Path) -> None:
+    model = Generator.load(generator)
+    table = read_imagefolder(dataset).split("test")
+    images = to_model_range(load_images(table.image_paths[:4], model.image_format))
+    factual = model.conditions(table)[:4]
+    target = factual.clone()
+    target[:, model.schema.names.index("bg_color")] = (factual[:, model.schema.names.index("bg_color")] + 1) % 4
+    settings = InferenceSettings(steps=6, inversion_depth=1.0, guidance={"bg_color": 3.0}, localize=True)
+    path = invert_path(model, images, factual, settings)
+    assert len(path) == 7 and torch.equal(path[0], images)
+    mask = edit_mask(model, path, factual, target, settings)
+    assert mask.shape == (4, 1, 28, 28) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert ((mask.mean((1, 2, 3)) > 0) & (mask.mean((1, 2, 3)) < 1)).all()  # Otsu splits every map in two
+    edited = counterfactuals(model, images, factual, target, settings)
+    outside = mask.expand_as(images) == 0
+    assert torch.equal(edited[outside], images[outside])  # the last step lands on the source itself
+    plain = counterfactuals(model, images, factual, target, replace(settings, localize=False))
+    assert not torch.equal(plain[outside], images[outside])
+
+
+def test_otsu_threshold_splits_two_levels() -> None:
+    high = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    high[0, :, :3] = True  # 24 of 64 pixels
+    high[1, :, :, 5:] = True
+    values = torch.where(high, 0.9, 0.1) + 0.01 * torch.rand(high.shape)
+    assert torch.equal(values > otsu_threshold(values), high)

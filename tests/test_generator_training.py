@@ -31,11 +31,14 @@ from cfgen.generator.deconfounding import (
     effective_sample_size,
     group_balanced_weights,
     reweight_weights,
+    shift,
     train_judges,
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.training import (
+    PRESETS,
     Denoiser,
+    TrainingConfig,
     add_arguments,
     config_from_args,
     denoising_loss,
@@ -342,3 +345,25 @@ def test_two_processes_write_one_generator(dataset: Path, tmp_path: Path):
     assert record["num_processes"] == 2 and record["effective_batch_size"] == 16 and record["steps"] == 4
     assert result.stdout.count("wrote ") == 1
     assert not list(out.glob(".*"))  # no staging folders left behind
+
+
+def test_shift_moves_each_image_by_a_few_pixels() -> None:
+    images = torch.zeros(64, 2, 28, 28)
+    images[:, :, 10:18, 12:16] = 1.0  # a bar away from the edges
+    moved = shift(images, torch.Generator().manual_seed(0))
+    assert moved.shape == images.shape and torch.equal(moved.sum((1, 2, 3)), images.sum((1, 2, 3)))
+    rows = moved[:, 0].amax(2).argmax(1) - 10
+    columns = moved[:, 0].amax(1).argmax(1) - 12
+    assert rows.abs().max() <= 2 and columns.abs().max() <= 2  # 28 // 14
+    assert len(set(zip(rows.tolist(), columns.tolist(), strict=True))) > 10  # many different shifts
+    assert torch.equal(moved[:, 0], moved[:, 1])  # the channels of an image move together
+
+
+@pytest.mark.parametrize("preset", [name for name in PRESETS if name != "tiny"])
+def test_every_preset_resolves_and_trains(preset: str, dataset: Path, tmp_path: Path) -> None:
+    config = TrainingConfig(data=str(dataset), out=str(tmp_path / "gen"), preset=preset).resolved()
+    assert {name: getattr(config, name) for name in PRESETS[preset]} == PRESETS[preset]
+    short = {"steps": 2, "batch_size": 4, "checkpoint_every": 0, "sample_every": 0, "mixed_precision": "no"}
+    out = train_generator(dataset, tmp_path / "gen", label="y", preset=preset, **short)
+    record = json.loads((out / CONFIG_FILE).read_text())["training"]
+    assert record["preset"] == preset and record["architecture"] == PRESETS[preset]["architecture"]

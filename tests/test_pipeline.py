@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from cfgen.cli import main
+from cfgen.generator.training import PRESETS as GENERATOR_PRESETS
+from cfgen.pipeline import PRESETS
 from cfgen.runtime import resolve_mixed_precision
 
 pytestmark = pytest.mark.trains
@@ -49,6 +51,16 @@ def test_metrics_and_report(run_dir: Path) -> None:
         "generator": used, "generation": used, "classifier erm": used, "classifier cf-reg": used
     }
     assert f"Mixed precision used: generator {used}, generation {used}" in report
+    chosen = metrics["inference"]["fg_color"]  # the tiny preset's grid: depths 0.6 and 1.0, guidance 3
+    assert chosen["inversion_depth"] in (0.6, 1.0) and chosen["guidance"] == 3.0 and chosen["steps"] == 4
+    assert "Inference settings chosen on the validation split" in report
+    accuracy = metrics["counterfactual_quality"]["judge_accuracy_on_sources"]
+    assert {"digit", "thickness", "fg_color", "bg_color"} <= set(accuracy)
+    judged = ", ".join(f"{name} at {value:.3f}" for name, value in accuracy.items())
+    assert f"The judges read the source images' {judged}" in report and "| stroke IoU |" in report
+    assert 0.0 <= metrics["counterfactual_quality"]["all"]["stroke_iou"] <= 1.0
+    generated = json.loads((run_dir / "counterfactuals" / "run.json").read_text())["config"]
+    assert generated["inversion_depth"] == chosen["inversion_depth"]
 
 
 def test_existing_run_is_kept_and_bad_input_writes_nothing(run_dir: Path, tmp_path: Path, capsys) -> None:
@@ -60,3 +72,10 @@ def test_existing_run_is_kept_and_bad_input_writes_nothing(run_dir: Path, tmp_pa
     assert main(["pipeline", "--data", str(data), "--spurious", "hue", "--out", str(tmp_path / "x")]) == 2
     assert "--spurious 'hue' is not an attribute; valid: fg_color, bg_color, thickness" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_every_preset_names_a_generator_preset_and_every_setting() -> None:
+    for name, settings in PRESETS.items():
+        assert name in GENERATOR_PRESETS
+        assert set(settings) == set(PRESETS["quick"]), name
+        assert set(settings["tune"]) == {"sources", "depths", "guidance"}, name

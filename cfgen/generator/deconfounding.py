@@ -39,7 +39,7 @@ JUDGES_FOLDER = "judges"
 JUDGES_WEIGHTS = "model.safetensors"
 JUDGES_CONFIG = "config.json"
 # Bump when the judges' training changes: cached judges are retrained, and the version is in their record.
-JUDGES_VERSION = 2
+JUDGES_VERSION = 3
 # Degradations applied to half of each judge batch, so that judges read the soft predicted-clean
 # images of mid-range timesteps as well as sharp ones: a Gaussian blur of up to 1/16 of the image
 # side (1.75 px at 28 px) and Gaussian noise of up to 0.2 (images live in [-1, 1]).
@@ -166,6 +166,19 @@ class AttributeJudges(nn.Module):
         return judges.eval(), config
 
 
+def shift(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Move each image by up to 1/14 of its size in each direction, its edge pixels filling the gap."""
+    count, _, height, width = images.shape
+    reach = max(1, height // 14)
+    offsets = torch.randint(-reach, reach + 1, (2, count, 1), generator=generator).to(images.device)
+    padded = F.pad(images, (reach, reach, reach, reach), mode="replicate")
+    rows = (torch.arange(height, device=images.device) + reach + offsets[0])[:, None, :, None]  # (N, 1, H, 1)
+    columns = (torch.arange(width, device=images.device) + reach + offsets[1])[:, None, None, :]  # (N, 1, 1, W)
+    index = torch.arange(count, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[index, channel, rows, columns]
+
+
 def degrade(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Blur and add noise to a random half of the images, each with its own strength."""
     count, channels, height, _ = images.shape
@@ -204,13 +217,15 @@ def train_judges(
     variable, so that the shortcut earns a head nothing; the head is used alone. Balancing leaves
     a confounded variable predictive wherever cells are empty (at digit-colour association 0.99,
     colour still gives the digit in 74% of balanced draws); the product takes the reward away.
-    Half of each batch is blurred and noised (``degrade``).
+    Every image is shifted by a few pixels (``shift``) and half of each batch is blurred and noised
+    (``degrade``); the learning rate decays to zero along a cosine.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     weights = group_balanced_weights(codes)
     judges = AttributeJudges(images.shape[-1], names, num_values).to(device)
     optimizer = torch.optim.AdamW(judges.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     targets = torch.from_numpy(codes).to(device)
     priors = [prior.to(device) for prior in confounding_log_priors(codes, num_values)]
     sampling = torch.from_numpy(weights)
@@ -218,7 +233,7 @@ def train_judges(
     losses = []
     for _ in tqdm(range(steps), desc="training judges", disable=not progress):
         rows = torch.multinomial(sampling, batch_size, replacement=True, generator=generator)
-        batch = degrade(to_model_range(images[rows.numpy()]).to(device), generator)
+        batch = degrade(shift(to_model_range(images[rows.numpy()]).to(device), generator), generator)
         _, logits = judges(batch)
         on_device = rows.to(device)
         loss = torch.stack(
@@ -227,6 +242,7 @@ def train_judges(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
     record = {
         "version": JUDGES_VERSION,
@@ -238,6 +254,8 @@ def train_judges(
         "steps": steps,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "schedule": "cosine decay to 0",
+        "augmentation": "shifts of up to 1/14 of the size; blur and noise on half of each batch",
         "seed": seed,
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
     }

@@ -40,12 +40,13 @@ from cfgen.data.schema import Schema
 from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import (
+    DEFAULT_GUIDANCE,
     DEFAULT_INVERSION_DEPTH,
     DEFAULT_STEPS,
     InferenceSettings,
-    decode,
-    invert,
-    parse_guidance,
+    edit,
+    invert_path,
+    settings_for,
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.interventions import Request, parse_intervention, plan_requests
@@ -135,8 +136,8 @@ class GeneratorSource:
                 )
         dtype = autocast_dtype(self.mixed_precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            noise = invert(self.generator, images, factual, self.inference)
-            samples = decode(self.generator, noise[of_request], target, self.inference)
+            path = [latent[of_request] for latent in invert_path(self.generator, images, factual, self.inference)]
+            samples = edit(self.generator, path, factual[of_request], target, self.inference)
         return to_uint8(samples)
 
 
@@ -194,6 +195,7 @@ def generate_counterfactuals(
     steps: int | None = None,
     inversion_depth: float | None = None,
     guidance: str | None = None,
+    localize: bool | None = None,
     mixed_precision: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
@@ -219,7 +221,7 @@ def generate_counterfactuals(
         rows = list(range(len(table)) if rows is None else rows)[:limit]
     source: CounterfactualSource
     if str(generator) == EXACT:
-        given = {"--steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance}
+        given = {"--steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance, "--localize": localize}
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
             raise CfgenError(f"{extra[0]} applies to a trained generator, not to the exact renderer")
@@ -236,11 +238,7 @@ def generate_counterfactuals(
         model = Generator.load(folder)
         check_dataset_matches(model.schema, table if rows is None else table.select(np.array(rows)), str(folder))
         intervention = parse_intervention(intervene, model.schema)
-        inference = InferenceSettings(
-            steps=DEFAULT_STEPS if steps is None else steps,
-            inversion_depth=DEFAULT_INVERSION_DEPTH if inversion_depth is None else inversion_depth,
-            guidance=parse_guidance(guidance, model.schema, intervention.attributes),
-        )
+        inference = settings_for(model, intervention.attributes, steps, inversion_depth, guidance, localize)
         source = GeneratorSource(model, folder, inference, resolve_mixed_precision(mixed_precision))
     requests = plan_requests(table, source.schema, intervention, seed=seed, rows=rows)
 
@@ -375,16 +373,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of 'random' interventions (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="counterfactuals per batch and process (default 64)")
     inference = parser.add_argument_group("trained generators (see docs/generator.md)")
-    inference.add_argument("--steps", type=int, help=f"DDIM steps each way (default {DEFAULT_STEPS})")
+    inference.add_argument(
+        "--steps",
+        type=int,
+        help=f"DDIM steps each way (default: the generator's, chosen by tune-inference, else {DEFAULT_STEPS})",
+    )
     inference.add_argument(
         "--inversion-depth",
         type=float,
-        help=f"fraction of the noise range inverted, in (0, 1] (default {DEFAULT_INVERSION_DEPTH})",
+        help="fraction of the noise range inverted, in (0, 1] "
+        f"(default: the generator's, chosen by tune-inference, else {DEFAULT_INVERSION_DEPTH})",
     )
     inference.add_argument(
         "--guidance",
         help="classifier-free guidance: one weight for every intervened attribute, or name=weight,... "
-        "(default: 3 on the intervened attributes)",
+        f"(default: the generator's per attribute, chosen by tune-inference, else {DEFAULT_GUIDANCE:g})",
+    )
+    inference.add_argument(
+        "--localize",
+        action=argparse.BooleanOptionalAction,
+        help="keep the source outside the model's own mask of what the edit changes "
+        "(default: the generator's per attribute, chosen by tune-inference, else no)",
     )
     inference.add_argument(
         "--mixed-precision",
@@ -408,6 +417,7 @@ def run(args: argparse.Namespace) -> None:
         steps=args.steps,
         inversion_depth=args.inversion_depth,
         guidance=args.guidance,
+        localize=args.localize,
         mixed_precision=args.mixed_precision,
         overwrite=args.overwrite,
     )

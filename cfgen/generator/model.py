@@ -5,7 +5,8 @@ Saved as a folder that plain diffusers opens part by part:
     unet/                 UNet2DModel.from_pretrained(folder, subfolder="unet")
     attribute_encoder/    cfgen's AttributeEncoder (diffusers ModelMixin format)
     scheduler/            DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
-    cfgen_generator.json  the schema (names, kinds, vocabularies), image format and training choices
+    cfgen_generator.json  the schema (names, kinds, vocabularies), image format, training choices and
+                          the inference settings chosen on validation data (``cfgen tune-inference``)
 """
 
 import json
@@ -66,6 +67,9 @@ class Generator:
     schema: Schema
     image_format: ImageFormat
     training: dict = field(default_factory=dict)  # the choices it was trained with, for the record
+    # per attribute, the inference settings its edits use by default, and how they were chosen:
+    # {"attributes": {name: {"steps", "inversion_depth", "guidance"}}, "selection": {...}}
+    inference: dict = field(default_factory=dict)
 
     @classmethod
     def create(cls, schema: Schema, image_format: ImageFormat, architecture: str = "quick") -> "Generator":
@@ -128,6 +132,7 @@ class Generator:
             "schema": self.schema.to_dict(),
             "image_format": {"size": list(self.image_format.size), "mode": self.image_format.mode},
             "training": self.training,
+            "inference": self.inference,
         }
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -145,4 +150,5 @@ class Generator:
             Schema.from_dict(config["schema"]),
             image_format,
             config["training"],
+            config.get("inference", {}),
         )

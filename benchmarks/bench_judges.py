@@ -1,0 +1,79 @@
+"""Evaluation judges of the built-in digits: how well they read clean source images, and what they cost.
+
+"Digit kept" and "thickness kept" can show no more than the judges read on the unedited sources, so
+their accuracy there bounds every preservation figure (targets: digit >= 0.985, thickness >= 0.97).
+This trains the judges ``cfgen evaluate-counterfactuals`` uses on the generator benchmark's data
+(digit -> fg_color at 0.99, 6,000 training images, 300 unconfounded test images), with a fresh
+cache, and reads the test images and the exact fg_color edits of them.
+
+    python benchmarks/bench_judges.py [--judge-steps 2000] [--threads 2]
+
+Writes benchmarks/results/judges.json (one entry per judge-steps setting).
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import load_results, machine
+
+from cfgen.counterfactual_metrics import DEFAULT_JUDGE_STEPS, load_or_train_judges
+from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
+from cfgen.data.images import load_images
+from cfgen.data.table import read_imagefolder
+from cfgen.generator.generation import generate_counterfactuals
+from cfgen.io import write_json
+
+RESULT = Path(__file__).resolve().parent / "results" / "judges.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cfgen-bench-judges"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    sizes = {"train": 6000, "validation": 0, "test": 300, "test-anti": 0}
+    config = ColoredMNISTConfig(strength=0.99, sizes=sizes, seed=0)
+    data = work / "data"
+    if not data.exists():
+        make_colored_mnist(config, data)
+    exact = work / "exact"
+    if not exact.exists():
+        generate_counterfactuals(data, "fg_color=random", exact, split="test", progress=False)
+    table = read_imagefolder(data)
+    schema = table.schema()
+    cache = work / f"cache-{time.time_ns()}"
+    started = time.perf_counter()
+    judges = load_or_train_judges(data, table, schema, cache, steps=args.judge_steps, progress=True)
+    seconds = time.perf_counter() - started
+
+    def accuracy(folder: Path, rows: np.ndarray | None = None) -> dict[str, float]:
+        part = read_imagefolder(folder)
+        rows = np.flatnonzero(part.column("split") == "test") if rows is None else rows
+        read = judges(load_images(part.image_paths[rows], judges.image_format))
+        truth = {name: schema[name].encode(part.column(name)[rows]) for name in read}
+        return {name: float((codes == truth[name]).mean()) for name, codes in read.items()}
+
+    edits = read_imagefolder(exact)
+    entry = {
+        "judge_steps": args.judge_steps,
+        "train_seconds": round(seconds, 1),
+        "sources": accuracy(data),
+        "exact_fg_color_edits": accuracy(exact, np.arange(len(edits))),
+        "record": judges.record,
+    }
+    results = load_results(RESULT, {"data": config.to_dict()}, "evaluation judges of the built-in digits")
+    results["machine"] = machine()
+    results["entries"][str(args.judge_steps)] = entry
+    write_json(RESULT, results)
+    print({k: entry[k] for k in ("judge_steps", "train_seconds", "sources", "exact_fg_color_edits")})
+
+
+if __name__ == "__main__":
+    main()

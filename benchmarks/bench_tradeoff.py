@@ -1,0 +1,228 @@
+"""The effectiveness-vs-preservation trade-off of edits, and what moves it.
+
+Inference knobs (guidance on the edited attribute, inversion depth) move a generator along one
+curve: more guidance or a deeper inversion reaches the target more often and keeps the digit less
+often. This benchmark draws that curve for each edited attribute, deconfounding method, training
+length and editing procedure (plain, or localized within the model's own mask), so that a change
+shows whether it moves the whole curve or only slides along it.
+
+For each method and number of training steps a quick-preset generator is trained on the generator
+benchmark's data (digit -> fg_color at ``--strength``, 6,000 training images); it then edits the
+unconfounded test images ``ATTRIBUTE=random`` at every (localize, depth, guidance) of the grid,
+and ``evaluate_counterfactuals`` scores the edits against the exact counterfactuals. Figures are
+for the rare targets (pairs at most a fifth as frequent in training as independence would make
+them; for an attribute untied to the digit, where few edits are rare, every edit):
+
+    effectiveness        the edited image has the target value
+    digit agrees         the judges read the same digit as on the source image
+    <attribute> kept     each other attribute reads as its factual value
+    success              the edit happened and digit and every other attribute stayed
+    stroke IoU, width    judge-free: stroke masks against the exact counterfactual's, width error in px
+    MSE                  pixel error to the exact counterfactual
+
+    python benchmarks/bench_tradeoff.py [--attributes fg_color,bg_color] [--methods reweight]
+        [--train-steps 400,1000] [--localize no,yes] [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5]
+        [--test-size 200] [--threads 2]
+
+Writes benchmarks/results/generator-tradeoff.json and docs/generator-tradeoff.png; entries merge,
+generators and judges are kept under --work and reused.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from bench_generator import METHODS, prepare_data
+from common import load_results, machine
+
+from cfgen.counterfactual_metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
+from cfgen.data.counterfactuals import metadata_digest
+from cfgen.data.table import read_imagefolder
+from cfgen.generator.deconfounding import JUDGES_VERSION
+from cfgen.generator.generation import generate_counterfactuals
+from cfgen.generator.model import CONFIG_FILE
+from cfgen.generator.training import TRAINING_CONFIG_FILE, train_generator
+from cfgen.io import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "generator-tradeoff.json"
+FIGURE = ROOT / "docs" / "generator-tradeoff.png"
+
+
+def numbers(text: str, kind: type = float) -> list:
+    return [kind(part) for part in text.split(",") if part.strip()]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strength", type=float, default=0.99)
+    parser.add_argument("--attributes", default="fg_color", help="edited attributes: fg_color, bg_color, thickness")
+    parser.add_argument("--methods", default="reweight", help=f"comma-separated: {', '.join(METHODS)}")
+    parser.add_argument("--localize", default="no", help="no, yes or no,yes: plain and/or localized edits")
+    parser.add_argument("--train-steps", default="400,1000", help="training lengths (quick preset otherwise)")
+    parser.add_argument("--depths", default="0.4,0.6,0.8", help="inversion depths")
+    parser.add_argument("--guidance", default="1.5,2,3,5", help="guidance weights on fg_color")
+    parser.add_argument("--ddim-steps", type=int, default=20)
+    parser.add_argument("--train-size", type=int, default=6000)
+    parser.add_argument("--test-size", type=int, default=200)
+    parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS)
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cfgen-bench-generator"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot-only", action="store_true", help="draw the figure from the results file")
+    args = parser.parse_args()
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.attributes = [a for a in args.attributes.split(",") if a]
+    args.localize = [{"no": False, "yes": True}[choice] for choice in args.localize.split(",") if choice]
+    args.train_steps, args.depths, args.guidance = (
+        numbers(args.train_steps, int), numbers(args.depths), numbers(args.guidance)
+    )  # fmt: skip
+    return args
+
+
+def trained(work: Path, data: Path, method: str, steps: int) -> tuple[Path, float | None]:
+    """A quick-preset generator of ``steps`` steps, reused when --work holds one trained on ``data``."""
+    out = work / f"gen-quick-{data.name}-{method}-{steps}"
+    stored = out / TRAINING_CONFIG_FILE
+    if (out / CONFIG_FILE).is_file() and stored.is_file():
+        config = json.loads(stored.read_text())
+        if config["data"] == str(data.resolve()) and config["steps"] == steps:
+            timing = out / "bench_train_seconds.txt"
+            return out, float(timing.read_text()) if timing.is_file() else None
+    started = time.perf_counter()
+    train_generator(data, out, preset="quick", steps=steps, deconfound=METHODS[method], seed=0, overwrite=True)
+    seconds = time.perf_counter() - started
+    (out / "bench_train_seconds.txt").write_text(f"{seconds:.1f}\n")
+    return out, seconds
+
+
+def exact_edits(work: Path, data: Path, attribute: str) -> Path:
+    """The exact counterfactuals of ``attribute=random`` over the test split, made once per dataset."""
+    out = work / f"exact-{data.name}-{attribute}"
+    card = read_imagefolder(out).card if out.exists() else {}
+    if card.get("counterfactuals", {}).get("source_metadata_sha256") != metadata_digest(data):
+        generate_counterfactuals(data, f"{attribute}=random", out, split="test", overwrite=True, progress=False)
+    return out
+
+
+def scores(metrics: dict[str, Any], attribute: str, group: str = "rare") -> dict[str, Any]:
+    part = metrics[group]
+    return {
+        "rows": part["rows"],
+        "effectiveness": part["effectiveness"].get(attribute),
+        "digit_kept": part["preservation"].get("digit"),
+        "digit_agrees": part["agreement_with_source"].get("digit"),
+        **{f"{name}_kept": value for name, value in part["preservation"].items() if name not in ("all", "digit")},
+        "all_kept": part["preservation"]["all"],
+        "success": part["success"],
+        "stroke_iou": part.get("stroke_iou"),
+        "stroke_width_error": part.get("stroke_width_error"),
+        "mse_to_exact": part.get("mse_to_exact"),
+    }
+
+
+def plot(results: dict[str, Any]) -> None:
+    entries = list(results["entries"].values())
+    panels = sorted({(e["attribute"], e["method"]) for e in entries})
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
+    for axis, (attribute, method) in zip(axes[0], panels, strict=True):
+        curves: dict[tuple[int, bool, float], list[dict]] = {}
+        for e in entries:
+            if (e["attribute"], e["method"]) == (attribute, method):
+                curves.setdefault((e["train_steps"], e["localize"], e["depth"]), []).append(e)
+        lengths = sorted({steps for steps, _, _ in curves})
+        colours = plt.cm.viridis([i / max(len(lengths) - 1, 1) for i in range(len(lengths))])
+        depths = sorted({depth for _, _, depth in curves})
+        markers = dict(zip(depths, "osD^v", strict=False))
+        for (steps, local, depth), points in sorted(curves.items()):
+            points.sort(key=lambda e: e["guidance"])
+            x = [p[p.get("headline", "rare")]["digit_agrees"] for p in points]
+            y = [p[p.get("headline", "rare")]["effectiveness"] for p in points]
+            label = f"{steps} steps, depth {depth}{', localized' if local else ''}"
+            colour = colours[lengths.index(steps)]
+            axis.plot(x, y, label=label, marker=markers[depth], color=colour, linestyle="--" if local else "-")
+            for p, xi, yi in zip(points, x, y, strict=True):
+                axis.annotate(f"{p['guidance']:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        group = points[0].get("headline", "rare")
+        axis.set(xlabel=f"digit agrees with the source ({group} edits)", ylabel=f"effectiveness: {attribute} reached",
+                 title=f"{attribute} edits, {method}, association {entries[0]['strength']}; labels: guidance",
+                 xlim=(0.3, 1.0), ylim=(0.0, 1.0))  # fmt: skip
+        axis.plot([0.95], [0.95], "r*", markersize=12, label="target (standard)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    FIGURE.parent.mkdir(exist_ok=True)
+    figure.savefig(FIGURE, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    settings = {
+        "strength": args.strength, "train_size": args.train_size, "test_size": args.test_size,
+        "ddim_steps": args.ddim_steps, "judge_steps": args.judge_steps, "judges_version": JUDGES_VERSION,
+    }  # fmt: skip
+    results = load_results(RESULTS, settings, "generator: effectiveness vs preservation over inference settings")
+    if args.plot_only:
+        plot(results)
+        return
+    results["machine"] = machine()
+    results["commands"] = [*results.get("commands", []), " ".join(["python", *sys.argv])]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data, _ = prepare_data(work, args.strength, argparse.Namespace(**vars(args)))
+    for method, steps in product(args.methods, args.train_steps):
+        generator, train_seconds = trained(work, data, method, steps)
+        for attribute in args.attributes:
+            exact = exact_edits(work, data, attribute)
+            for local, depth, guidance in product(args.localize, args.depths, args.guidance):
+                out = work / f"cf-{generator.name}-{attribute}-l{int(local)}-d{depth}-g{guidance}"
+                shutil.rmtree(out, ignore_errors=True)
+                started = time.perf_counter()
+                generate_counterfactuals(
+                    data, f"{attribute}=random", out, generator=generator, split="test", steps=args.ddim_steps,
+                    inversion_depth=depth, guidance=str(guidance), localize=local, progress=False,
+                )  # fmt: skip
+                seconds = time.perf_counter() - started
+                metrics = evaluate_counterfactuals(
+                    out, data, exact=exact, judge_cache=work / "judges", judge_steps=args.judge_steps
+                )
+                # the rare targets where the edited attribute is tied to the digit, else every edit
+                headline = "rare" if metrics["rare"]["rows"] >= metrics["all"]["rows"] / 2 else "all"
+                item = {
+                    "headline": headline, "strength": args.strength, "attribute": attribute, "method": method,
+                    "train_steps": steps,
+                    "train_seconds": train_seconds, "localize": local, "depth": depth, "guidance": guidance,
+                    "generation_seconds": round(seconds, 1), "rare": scores(metrics, attribute),
+                    "all": scores(metrics, attribute, "all"),
+                    "judge_accuracy_on_sources": metrics["judge_accuracy_on_sources"],
+                }  # fmt: skip
+                results["entries"][f"{attribute}|{method}|{steps}|{local}|{depth}|{guidance}"] = item
+                write_json(RESULTS, results)
+                rare = item[headline]
+                print(
+                    f"{attribute}, {method} {steps} steps, localize {local}, depth {depth}, guidance {guidance} "
+                    f"({headline} edits): "
+                    f"effectiveness {rare['effectiveness']:.3f}, digit agrees {rare['digit_agrees']:.3f}, "
+                    f"all kept {rare['all_kept']:.3f}, success {rare['success']:.3f}, "
+                    f"stroke IoU {rare['stroke_iou']:.3f}, MSE {rare['mse_to_exact']:.4f} ({seconds:.0f} s)",
+                    flush=True,
+                )
+                shutil.rmtree(out)
+            plot(results)
+    print(f"wrote {RESULTS} and {FIGURE}")
+
+
+if __name__ == "__main__":
+    main()
