@@ -48,10 +48,13 @@ def main(argv: list[str] | None = None) -> None:
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "confounding": metrics["confounding"],
         "counterfactual_quality": {
-            key: metrics["counterfactual_quality"]["all"][key] for key in ("effectiveness", "preservation")
+            key: metrics["counterfactual_quality"]["all"][key]
+            for key in ("effectiveness", "preservation", "success", "mse_to_exact", "stroke_iou")
         }
         if metrics["counterfactual_quality"]
         else None,
+        "inference": metrics["inference"],
+        "mixed_precision": metrics["mixed_precision"],
         "test_accuracy": {m: s["test"]["accuracy"]["mean"] for m, s in metrics["classifiers"].items() if "test" in s},
     }
     write_json(results, record)

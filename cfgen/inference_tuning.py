@@ -107,7 +107,7 @@ def tune_inference(
             source = GeneratorSource(model, folder, settings, precision)
             batches = [requests[start : start + BATCH] for start in range(0, len(requests), BATCH)]
             read = judges(np.concatenate([source.make(table, batch) for batch in batches]))
-            hit = read[name] == targets if name in read else np.ones(len(requests), dtype=bool)
+            hit = read[name] == targets
             kept = np.ones(len(requests), dtype=bool)
             for other, codes in read.items():
                 if other != name:

@@ -343,7 +343,8 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
     if inference is None:
         return ["The data have no validation split: edits use the default inference settings.", ""]
     chosen = "; ".join(
-        f"{name}: inversion depth {s['inversion_depth']}, guidance {s['guidance']:g}, {s['steps']} DDIM steps"
+        f"{name}: {'localized' if s['localize'] else 'plain'} edits, inversion depth {s['inversion_depth']}, "
+        f"guidance {s['guidance']:g}, {s['steps']} DDIM steps"
         for name, s in inference.items()
     )
     return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {chosen}.", ""]
