@@ -56,6 +56,12 @@ def test_schema_round_trips_through_dict(small_folder: Path) -> None:
     assert Schema.from_dict(schema.to_dict()) == schema
 
 
+def latin_1_metadata(folder: Path) -> None:
+    """metadata.csv as a spreadsheet saved in latin-1 writes it: the colour "red" spelled "rougé"."""
+    metadata = folder / "metadata.csv"
+    metadata.write_bytes(metadata.read_bytes().replace(b"red", "roug\xe9".encode("latin-1")))
+
+
 def measure_exit(folder: Path, tmp_path: Path, *extra: str) -> int:
     out = str(tmp_path / "report")
     return main(["measure", str(folder), "--label", "y", "--out", out, "--bootstrap", "20", *extra])
@@ -75,9 +81,10 @@ def measure_exit(folder: Path, tmp_path: Path, *extra: str) -> int:
         (lambda f: rewrite_metadata(f, lambda rows: [{**r, "shape": "NaN" if i == 7 else r["shape"]}
                                                      for i, r in enumerate(rows)]), "missing values"),
         (lambda f: rewrite_metadata(f, lambda rows: [{**r, "color": "red"} for r in rows]), "single value"),
+        (lambda f: latin_1_metadata(f), "is not UTF-8 text (byte 0xe9 at offset"),
     ],
     ids=["no-metadata", "no-file-name", "empty", "missing-image", "corrupt-image", "empty-value", "nan-value",
-         "single-value"],
+         "single-value", "latin-1"],
 )
 def test_bad_folders_fail_with_one_line_and_write_nothing(small_folder, tmp_path, capsys, break_it, message) -> None:
     break_it(small_folder)
@@ -193,3 +200,11 @@ def test_unknown_layout_and_format(tmp_path: Path) -> None:
         open_dataset(tmp_path / "nothing", "coco")
     with pytest.raises(CfgenError, match="does not exist"):
         open_dataset(tmp_path / "absent")
+
+
+def test_a_byte_order_mark_is_read_as_spreadsheet_programs_write_it(small_folder: Path) -> None:
+    metadata = small_folder / "metadata.csv"
+    plain = read_imagefolder(small_folder)
+    metadata.write_bytes(b"\xef\xbb\xbf" + metadata.read_bytes())
+    marked = read_imagefolder(small_folder)
+    assert list(marked.columns) == list(plain.columns) and np.array_equal(marked.image_paths, plain.image_paths)

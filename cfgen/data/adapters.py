@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cfgen.data.table import FILE_COLUMN, METADATA_FILE, SPLIT_COLUMN, MetadataTable, read_imagefolder
+from cfgen.data.table import FILE_COLUMN, METADATA_FILE, SPLIT_COLUMN, MetadataTable, open_csv, read_imagefolder
 from cfgen.errors import CfgenError
 
 SPLIT_NAMES = {"0": "train", "1": "validation", "2": "test"}
@@ -55,7 +55,7 @@ def read_waterbirds(root: str | Path) -> MetadataTable:
     root = Path(root)
     if not (root / METADATA_FILE).is_file():
         raise CfgenError(f"{root} is not a Waterbirds folder: it has no {METADATA_FILE}")
-    with (root / METADATA_FILE).open(newline="") as handle:
+    with open_csv(root / METADATA_FILE) as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise CfgenError(f"{root / METADATA_FILE} lists no images: the dataset is empty")
@@ -92,7 +92,7 @@ def detect_format(root: str | Path) -> str:
         raise CfgenError(f"dataset folder {root} does not exist")
     metadata = root / METADATA_FILE
     if metadata.is_file():
-        with metadata.open(newline="") as handle:
+        with open_csv(metadata) as handle:
             header = next(csv.reader(handle), [])
         return "waterbirds" if "img_filename" in header and FILE_COLUMN not in header else "imagefolder"
     if (root / "list_attr_celeba.txt").is_file() or (root / "celeba" / "list_attr_celeba.txt").is_file():

@@ -9,9 +9,11 @@ happens to be absent still encodes every value the same way.
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -127,6 +129,20 @@ class MetadataTable:
         )
 
 
+@contextmanager
+def open_csv(path: Path) -> Iterator[TextIO]:
+    """``path`` as UTF-8 text for the csv module, without the byte-order mark spreadsheet programs
+    write; a file in another encoding is refused in one line."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            yield handle
+    except UnicodeDecodeError as error:
+        raise CfgenError(
+            f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
 def read_imagefolder(root: str | Path) -> MetadataTable:
     """Read ``root/metadata.csv``; paths are checked when images are loaded, not here."""
     root = Path(root)
@@ -135,7 +151,7 @@ def read_imagefolder(root: str | Path) -> MetadataTable:
     path = root / METADATA_FILE
     if not path.is_file():
         raise CfgenError(f"{root} has no {METADATA_FILE}; a dataset folder needs one (see docs/datasets.md)")
-    with path.open(newline="") as handle:
+    with open_csv(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if not header:
@@ -165,7 +181,7 @@ def write_metadata(folder: Path, columns: dict[str, Sequence]) -> None:
     if len(columns[FILE_COLUMN]) == 0:
         raise CfgenError(f"refusing to write an empty dataset to {folder}")
     names = [FILE_COLUMN, *[c for c in columns if c != FILE_COLUMN]]
-    with (folder / METADATA_FILE).open("w", newline="") as handle:
+    with (folder / METADATA_FILE).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(names)
         writer.writerows(zip(*(columns[c] for c in names), strict=True))
