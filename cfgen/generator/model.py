@@ -68,7 +68,7 @@ class Generator:
     image_format: ImageFormat
     training: dict = field(default_factory=dict)  # the choices it was trained with, for the record
     # per attribute, the inference settings its edits use by default, and how they were chosen:
-    # {"attributes": {name: {"steps", "inversion_depth", "guidance"}}, "selection": {...}}
+    # {"attributes": {name: {"steps", "inversion_depth", "guidance", "localize"}}, "selection": {...}}
     inference: dict = field(default_factory=dict)
 
     @classmethod
