@@ -21,6 +21,7 @@ them; for an attribute untied to the digit, where few edits are rare, every edit
     MSE                  pixel error to the exact counterfactual
 
     python benchmarks/bench_tradeoff.py [--attributes fg_color,bg_color] [--methods reweight]
+        [--recipes quick,low-noise-x3]
         [--train-steps 400,1000] [--localize no,yes] [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5]
         [--test-size 200] [--threads 2]
 
@@ -58,6 +59,11 @@ from cfgen.io import write_json
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "generator-tradeoff.json"
 FIGURE = ROOT / "docs" / "generator-tradeoff.png"
+# Training options on top of the quick preset; "quick" is the preset itself.
+RECIPES: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "low-noise-x3": {"timestep_bias_multiplier": 3.0, "timestep_bias_portion": 0.6},
+}
 
 
 def numbers(text: str, kind: type = float) -> list:
@@ -70,6 +76,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--attributes", default="fg_color", help="edited attributes: fg_color, bg_color, thickness")
     parser.add_argument("--methods", default="reweight", help=f"comma-separated: {', '.join(METHODS)}")
     parser.add_argument("--localize", default="no", help="no, yes or no,yes: plain and/or localized edits")
+    parser.add_argument("--recipes", default="quick", help=f"training recipes: {', '.join(RECIPES)}")
     parser.add_argument("--train-steps", default="400,1000", help="training lengths (quick preset otherwise)")
     parser.add_argument("--depths", default="0.4,0.6,0.8", help="inversion depths")
     parser.add_argument("--guidance", default="1.5,2,3,5", help="guidance weights on fg_color")
@@ -82,6 +89,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plot-only", action="store_true", help="draw the figure from the results file")
     args = parser.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
+    args.recipes = [r for r in args.recipes.split(",") if r]
     args.attributes = [a for a in args.attributes.split(",") if a]
     args.localize = [{"no": False, "yes": True}[choice] for choice in args.localize.split(",") if choice]
     args.train_steps, args.depths, args.guidance = (
@@ -90,9 +98,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def trained(work: Path, data: Path, method: str, steps: int) -> tuple[Path, float | None]:
-    """A quick-preset generator of ``steps`` steps, reused when --work holds one trained on ``data``."""
-    out = work / f"gen-quick-{data.name}-{method}-{steps}"
+def trained(work: Path, data: Path, method: str, steps: int, recipe: str) -> tuple[Path, float | None]:
+    """A generator of ``recipe`` and ``steps`` steps, reused when --work holds one trained on ``data``."""
+    out = work / f"gen-{recipe}-{data.name}-{method}-{steps}"
     stored = out / TRAINING_CONFIG_FILE
     if (out / CONFIG_FILE).is_file() and stored.is_file():
         config = json.loads(stored.read_text())
@@ -100,7 +108,9 @@ def trained(work: Path, data: Path, method: str, steps: int) -> tuple[Path, floa
             timing = out / "bench_train_seconds.txt"
             return out, float(timing.read_text()) if timing.is_file() else None
     started = time.perf_counter()
-    train_generator(data, out, preset="quick", steps=steps, deconfound=METHODS[method], seed=0, overwrite=True)
+    train_generator(
+        data, out, preset="quick", steps=steps, deconfound=METHODS[method], seed=0, overwrite=True, **RECIPES[recipe]
+    )
     seconds = time.perf_counter() - started
     (out / "bench_train_seconds.txt").write_text(f"{seconds:.1f}\n")
     return out, seconds
@@ -136,21 +146,24 @@ def plot(results: dict[str, Any]) -> None:
     panels = sorted({(e["attribute"], e["method"]) for e in entries})
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
     for axis, (attribute, method) in zip(axes[0], panels, strict=True):
-        curves: dict[tuple[int, bool, float], list[dict]] = {}
+        curves: dict[tuple[int, bool, float, str], list[dict]] = {}
         for e in entries:
             if (e["attribute"], e["method"]) == (attribute, method):
-                curves.setdefault((e["train_steps"], e["localize"], e["depth"]), []).append(e)
-        lengths = sorted({steps for steps, _, _ in curves})
+                key = (e["train_steps"], e["localize"], e["depth"], e.get("recipe", "quick"))
+                curves.setdefault(key, []).append(e)
+        lengths = sorted({steps for steps, *_ in curves})
         colours = plt.cm.viridis([i / max(len(lengths) - 1, 1) for i in range(len(lengths))])
-        depths = sorted({depth for _, _, depth in curves})
+        depths = sorted({depth for _, _, depth, _ in curves})
         markers = dict(zip(depths, "osD^v", strict=False))
-        for (steps, local, depth), points in sorted(curves.items()):
+        for (steps, local, depth, recipe), points in sorted(curves.items()):
             points.sort(key=lambda e: e["guidance"])
             x = [p[p.get("headline", "rare")]["digit_agrees"] for p in points]
             y = [p[p.get("headline", "rare")]["effectiveness"] for p in points]
-            label = f"{steps} steps, depth {depth}{', localized' if local else ''}"
+            label = f"{steps} steps{'' if recipe == 'quick' else ' ' + recipe}, depth {depth}"
+            label += ", localized" if local else ""
             colour = colours[lengths.index(steps)]
-            axis.plot(x, y, label=label, marker=markers[depth], color=colour, linestyle="--" if local else "-")
+            style = ":" if recipe != "quick" else "--" if local else "-"
+            axis.plot(x, y, label=label, marker=markers[depth], color=colour, linestyle=style)
             for p, xi, yi in zip(points, x, y, strict=True):
                 axis.annotate(f"{p['guidance']:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
         group = points[0].get("headline", "rare")
@@ -182,8 +195,8 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data, _ = prepare_data(work, args.strength, argparse.Namespace(**vars(args)))
-    for method, steps in product(args.methods, args.train_steps):
-        generator, train_seconds = trained(work, data, method, steps)
+    for method, steps, recipe in product(args.methods, args.train_steps, args.recipes):
+        generator, train_seconds = trained(work, data, method, steps, recipe)
         for attribute in args.attributes:
             exact = exact_edits(work, data, attribute)
             for local, depth, guidance in product(args.localize, args.depths, args.guidance):
@@ -202,17 +215,19 @@ def main() -> None:
                 headline = "rare" if metrics["rare"]["rows"] >= metrics["all"]["rows"] / 2 else "all"
                 item = {
                     "headline": headline, "strength": args.strength, "attribute": attribute, "method": method,
-                    "train_steps": steps,
+                    "train_steps": steps, "recipe": recipe,
                     "train_seconds": train_seconds, "localize": local, "depth": depth, "guidance": guidance,
                     "generation_seconds": round(seconds, 1), "rare": scores(metrics, attribute),
                     "all": scores(metrics, attribute, "all"),
                     "judge_accuracy_on_sources": metrics["judge_accuracy_on_sources"],
                 }  # fmt: skip
-                results["entries"][f"{attribute}|{method}|{steps}|{local}|{depth}|{guidance}"] = item
+                recipe_key = "" if recipe == "quick" else f"|{recipe}"
+                results["entries"][f"{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}"] = item
                 write_json(RESULTS, results)
                 rare = item[headline]
                 print(
-                    f"{attribute}, {method} {steps} steps, localize {local}, depth {depth}, guidance {guidance} "
+                    f"{attribute}, {method} {recipe} {steps} steps, localize {local}, depth {depth}, "
+                    f"guidance {guidance} "
                     f"({headline} edits): "
                     f"effectiveness {rare['effectiveness']:.3f}, digit agrees {rare['digit_agrees']:.3f}, "
                     f"all kept {rare['all_kept']:.3f}, success {rare['success']:.3f}, "

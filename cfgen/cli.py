@@ -6,8 +6,10 @@ them. Bad input raises ``CfgenError``, which ``main`` prints as one ``error:`` l
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from cfgen.errors import CfgenError
 
@@ -24,24 +26,30 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``chosen`` command's module is imported (the others need not load torch stacks)."""
     parser = argparse.ArgumentParser(prog="cfgen", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cfgen {metadata.version('cfgen')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
         command = commands.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(handler=module.run)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(command)
+            command.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cfgen`` command and the top-level scripts."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(chosen).parse_args(argv)
     try:
         args.handler(args)
     except CfgenError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, every process meets the same error
+            print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -484,6 +484,10 @@ def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
         write_json(staging / METRICS_FILE, metrics)
         write_run_record(staging, {k: v for k, v in vars(args).items() if k != "handler"}, seed=args.seed)
+    matched, rows = metrics["exact_matched"], metrics["all"]["rows"]
+    if matched is not None and matched < rows:
+        print(f"note: only {matched} of {rows} counterfactuals have an exact counterpart in {args.exact}; "
+              "the figures against exact cover those")  # fmt: skip
     for group in ("all", "rare", "absent"):
         scores = metrics[group]
         line = f"{group:>6}: {scores['rows']} rows, effectiveness {_fmt(scores['effectiveness']['all'])}, "

@@ -31,7 +31,7 @@ from cfgen.counterfactual_metrics import (
 from cfgen.data.images import load_images
 from cfgen.data.table import SPLIT_COLUMN, read_imagefolder
 from cfgen.errors import CfgenError
-from cfgen.generator.generation import GeneratorSource, check_dataset_matches
+from cfgen.generator.generation import GeneratorSource, check_sources
 from cfgen.generator.inference import DEFAULT_STEPS, InferenceSettings
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.interventions import RANDOM, Intervention, plan_requests
@@ -81,7 +81,7 @@ def tune_inference(
             f"{data} has no {split!r} split to choose inference settings on; its splits: {', '.join(splits) or 'none'}"
         )
     rows = np.flatnonzero(table.column(SPLIT_COLUMN) == split)[:sources]
-    check_dataset_matches(model.schema, table.select(rows), str(folder))
+    check_sources(model, table.select(rows), str(folder))
     editable = [v.name for v in model.schema.attributes if v.is_discrete and v.num_values > 1]
     attributes = list(attributes or editable)
     unknown = [name for name in attributes if name not in editable]

@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +25,38 @@ _VERSIONED = ("cfgen", "torch", "torchvision", "diffusers", "accelerate", "numpy
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse an existing output folder unless overwriting was asked for."""
+    """Refuse an existing output folder unless overwriting was asked for, and a place that cannot hold one."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise CfgenError(f"output path {path} is a file, not a folder; choose another --out")
     if path.exists() and not overwrite:
         raise CfgenError(f"output folder {path} already exists; choose another --out or pass --overwrite")
+    check_writable(path)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output path whose nearest existing folder cannot take a new folder.
+
+    Probed by creating and removing an empty folder there: permission bits do not tell (root, or
+    file systems such as /proc).
+    """
+    existing = Path(os.path.abspath(path)).parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CfgenError(f"cannot write {path}: {existing} is a file, not a folder; choose another --out")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cfgen-probe-", dir=existing))
+    except OSError as error:
+        raise CfgenError(f"cannot write {path}: {existing} does not accept new folders ({error.strerror})") from None
+
+
+def create_folder(path: Path, exist_ok: bool = True) -> None:
+    """``mkdir -p`` that reports a place that cannot hold the folder in one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as error:
+        raise CfgenError(f"cannot create folder {path}: {error.strerror or error}; choose another --out") from None
 
 
 @contextmanager
@@ -36,10 +64,11 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     """Yield a fresh staging folder that replaces ``path`` only if the block succeeds."""
     path = Path(path)
     check_output_dir(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    create_folder(path.parent)
+    remove_abandoned_staging(path)
     staging = path.parent / f".{path.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    create_folder(staging, exist_ok=False)
     try:
         yield staging
     except BaseException:
@@ -67,7 +96,7 @@ def output_dir_in_place(path: str | Path, overwrite: bool = False) -> Iterator[P
     retired = path.parent / f".{path.name}.old-{os.getpid()}"
     if path.exists():
         os.replace(path, retired)
-    path.mkdir(parents=True)
+    create_folder(path, exist_ok=False)
     try:
         yield path
     except BaseException:
@@ -76,6 +105,24 @@ def output_dir_in_place(path: str | Path, overwrite: bool = False) -> Iterator[P
             os.replace(retired, path)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def remove_abandoned_staging(path: Path) -> None:
+    """Delete staging folders of ``path`` left by processes that died (a SIGKILL runs no clean-up)."""
+    for staging in path.parent.glob(f".{path.name}.partial-*"):
+        pid = staging.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
 def package_versions() -> dict[str, str]:

@@ -54,3 +54,16 @@ def make_accelerator(mixed_precision: str, **options) -> Accelerator:
     if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
         AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=precision, **options)
+
+
+def stop_if_diverged(accelerator: Accelerator, gradient_norm: torch.Tensor, step: int, learning_rate: float) -> None:
+    """Stop a run whose loss or gradients stopped being finite numbers, rather than save NaN weights.
+
+    The norm is taken over the gradients after accelerate has averaged them, so every process sees
+    the same value and all of them stop together. fp16's loss scaler skips such steps by design.
+    """
+    if accelerator.scaler is None and not torch.isfinite(gradient_norm):
+        raise CfgenError(
+            f"training diverged at step {step}: the loss or its gradients are not finite numbers; "
+            f"lower the learning rate (now {learning_rate:g}) or check the data's values"
+        )

@@ -405,5 +405,5 @@ def test_bad_settings_raise_one_line_errors(setting, value, message):
 def test_a_variable_with_one_observed_value_is_refused():
     table = make_table(y=["a", "b"] * 10, flag=["x"] * 20)
     schema = Schema(Attribute("y", "binary", ("a", "b")), (Attribute("flag", "binary", ("x", "y")),))
-    with pytest.raises(CfgenError, match="'flag' takes a single value"):
+    with pytest.raises(CfgenError, match="'flag' takes the single value 'x'"):
         measure(table, schema)

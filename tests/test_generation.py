@@ -260,7 +260,7 @@ def test_exact_generator_through_the_same_command(dataset: Path, tmp_path: Path,
 
 
 def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
-    dataset: Path, tmp_path: Path, judge_cache: Path
+    dataset: Path, tmp_path: Path, judge_cache: Path, capsys: pytest.CaptureFixture
 ) -> None:
     exact = tmp_path / "exact"
     assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "fg_color=*",
@@ -294,6 +294,16 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
     assert bad["all"]["preservation"]["digit"] == pytest.approx(accuracy["digit"], abs=1e-9)
     assert bad["all"]["agreement_with_source"]["all"] == 1.0  # the very source images
     assert bad["all"]["stroke_iou"] > 0.9 and bad["all"]["stroke_width_error"] < 0.2  # the shape is the source's
+
+    # exact counterfactuals of only the first two sources: the figures against exact cover 18 rows, and it says so
+    partial = tmp_path / "partial"
+    assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "fg_color=*",
+               "--split", "validation", "--limit", "2", "--out", str(partial)) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli("evaluate-counterfactuals", "--counterfactuals", str(exact), "--data", str(dataset), "--exact",
+               str(partial), "--out", str(tmp_path / "m2"), "--judge-cache", str(judge_cache), *flags) == 0  # fmt: skip
+    assert f"note: only 18 of {36 * 9} counterfactuals have an exact counterpart" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m2" / "metrics.json").read_text())["exact_matched"] == 18
 
 
 def test_stroke_fidelity_sees_shape_and_thickness_but_not_colour() -> None:

@@ -19,7 +19,7 @@ import torch
 from cfgen.data.adapters import open_dataset
 from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.images import ImageFormat, check_images, load_images
-from cfgen.data.schema import Attribute, Schema, infer_attribute
+from cfgen.data.schema import Attribute, Schema, check_informative, infer_attribute
 from cfgen.data.table import CARD_FILE, FILE_COLUMN, METADATA_FILE, SPLIT_COLUMN, MetadataTable, read_imagefolder
 from cfgen.errors import CfgenError
 
@@ -308,8 +308,8 @@ def _counterfactual_table(
     mismatch = np.flatnonzero(table.columns[FILE_COLUMN][rows] != cf.column("cf_source"))
     if mismatch.size:
         raise CfgenError(
-            f"{folder}: row {mismatch[0] + 1} names source {cf.column('cf_source')[mismatch[0]]!r}, but dataset row "
-            f"{rows[mismatch[0]]} is {table.columns[FILE_COLUMN][rows[mismatch[0]]]!r}"
+            f"{folder}: row {mismatch[0] + 1} names source {str(cf.column('cf_source')[mismatch[0]])!r}, but dataset "
+            f"row {rows[mismatch[0]]} is {str(table.columns[FILE_COLUMN][rows[mismatch[0]]])!r}"
         )
     return cf, rows
 
@@ -364,6 +364,9 @@ def load_training_data(
             "generate them with --split train"
         )
 
+    variables = (groups.label, *groups.spurious)
+    train_codes = {v.name: v.encode(parts[TRAIN].column(v.name)) for v in variables}
+    check_informative(Schema(groups.label, groups.spurious), train_codes, f"the training rows of {train_from or data}")
     codes = {name: encode(part, groups) for name, part in parts.items()}
     cf_codes = [encode(cf, groups) for _, cf in cf_tables]
     image_format = check_images(table, resize)

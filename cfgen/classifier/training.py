@@ -17,6 +17,7 @@ Output folder::
 
 import copy
 import json
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -51,7 +52,7 @@ from cfgen.io import (
     write_json,
     write_run_record,
 )
-from cfgen.runtime import make_accelerator
+from cfgen.runtime import make_accelerator, stop_if_diverged
 
 METRICS_FILE = "metrics.json"
 METRICS_SCHEMA = "cfgen.classifier.metrics/1"
@@ -59,6 +60,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CHECKPOINT_FORMAT = "cfgen-classifier/1"
 EVAL_BATCH_SIZE = 256
+MIN_BATCH = 2  # small training sets get batches this small rather than none (the batch never exceeds the rows)
 
 
 class Classifier(nn.Module):
@@ -135,6 +137,11 @@ def train_classifiers(config: ClassifierConfig, data: TrainingData | None = None
         data = load_data(config)
     if objective.uses_counterfactuals and not data.has_counterfactuals:
         raise CfgenError(f"{config.method} needs counterfactuals, and the data given holds none")
+    if data.n_train < MIN_BATCH * accelerator.num_processes:
+        raise CfgenError(
+            f"{data.n_train} training images are fewer than a batch of {MIN_BATCH} per process "
+            f"({accelerator.num_processes} processes); a classifier needs more training rows"
+        )
     main = accelerator.is_main_process
     staging_context = atomic_output_dir(out, config.overwrite) if main else nullcontext(None)
     with staging_context as staging:
@@ -233,7 +240,7 @@ def fit(
     converge markedly better than at a constant rate.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    batch_size = min(config.batch_size, max(2, data.n_train // accelerator.num_processes))
+    batch_size = min(config.batch_size, max(MIN_BATCH, data.n_train // accelerator.num_processes))
     sampler = paired_sampler(objective.paired_rows(), config.pair_share)
     if config.pair_share is not None and sampler is None:
         accelerator.print(
@@ -254,17 +261,21 @@ def fit(
         totals: dict[str, float] = {}
         steps = 0
         description = f"{config.method} {stage} epoch {epoch}/{epochs}"
-        for rows in tqdm(loader, desc=description, disable=not show, leave=False):
-            batch = data.pool.batch(rows, accelerator.device)
-            with accelerator.autocast():
-                loss, logs = objective.loss(model, batch)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            for key, value in {"loss": loss.item(), **logs}.items():
-                totals[key] = totals.get(key, 0.0) + value
-            steps += 1
+        with tqdm(loader, desc=description, disable=not show, leave=False) as batches:  # closed before an error
+            for rows in batches:
+                batch = data.pool.batch(rows, accelerator.device)
+                with accelerator.autocast():
+                    loss, logs = objective.loss(model, batch)
+                accelerator.backward(loss)
+                gradient_norm = accelerator.clip_grad_norm_(model.parameters(), math.inf)  # measured, not clipped
+                step = (epoch - 1) * len(loader) + steps + 1
+                stop_if_diverged(accelerator, gradient_norm, step, scheduler.get_last_lr()[0])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                for key, value in {"loss": loss.item(), **logs}.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                steps += 1
         entry: dict[str, Any] = {"epoch": epoch, **{key: value / max(steps, 1) for key, value in totals.items()}}
         if validation is not None:
             scores = split_metrics(

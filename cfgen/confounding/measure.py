@@ -22,7 +22,7 @@ from cfgen.confounding.statistics import (
     phi_batch,
     quantile_codes,
 )
-from cfgen.data.schema import Attribute, Schema
+from cfgen.data.schema import Schema, check_informative
 from cfgen.data.table import MetadataTable
 from cfgen.errors import CfgenError
 
@@ -53,7 +53,10 @@ def measure(
     if len(table) < 2:
         raise CfgenError(f"{table.source} has {len(table)} rows; measuring association needs at least 2")
     codes = schema.encode(table.columns)
-    _check_informative(variables, codes, table.source)
+    check_informative(schema, codes, table.source)
+    for variable in variables:
+        if not variable.is_discrete:  # every statistic is scale-free: dividing keeps values near 1.5e308 finite
+            codes[variable.name] = codes[variable.name] / np.abs(codes[variable.name]).max()
 
     by_name = {v.name: v for v in variables}
     binned = {v.name: codes[v.name] if v.is_discrete else quantile_codes(codes[v.name]) for v in variables}
@@ -76,6 +79,11 @@ def measure(
         if nmi_table is None:
             nmi_table = contingency(binned[a], binned[b], bins[a], bins[b])
         entries[a, b] = {"a": a, "b": b, **entry, "nmi": normalized_mutual_information(nmi_table)}
+        if not np.isfinite(entries[a, b]["value"]):
+            raise CfgenError(
+                f"the association of {a!r} and {b!r} is undefined on these {len(table)} rows: too few rows for "
+                "their values, or values too extreme to compute with"
+            )
 
     row_pairs = [pair for pair in pairs if pair not in tables]
     if row_pairs:
@@ -139,17 +147,6 @@ def _check_settings(
         raise CfgenError(f"confidence must be a number strictly between 0 and 1, got {confidence!r}")
 
 
-def _check_informative(variables: tuple[Attribute, ...], codes: dict[str, np.ndarray], source: str) -> None:
-    """A variable with one value in these rows has no association with anything; say so up front."""
-    for variable in variables:
-        column = codes[variable.name]
-        if column.min() == column.max():
-            raise CfgenError(
-                f"column {variable.name!r} takes a single value in {source}, so it carries no information; "
-                "leave it out of the attributes"
-            )
-
-
 def _number(value: float) -> float | None:
     """A JSON-safe float: NaN (undefined) becomes null."""
     return float(value) if np.isfinite(value) else None
@@ -164,7 +161,7 @@ def _entry(measure: str, statistics: dict, test: str, statistic: float, p_value:
         "p_value": _number(p_value),
         "test": test,
         "statistic": _number(statistic),
-        **{name: float(value) for name, value in statistics.items()},
+        **{name: _number(value) for name, value in statistics.items()},
     }
 
 
@@ -184,6 +181,9 @@ def _discrete_pair(
         measure, replicate = "phi", phi_batch
     else:
         measure, replicate = "cramers_v_corrected", lambda tables: bergsma_v(*chi2_batch(tables))
+    if not np.isfinite(statistics[measure]):  # undefined on these rows: the caller refuses the pair
+        return {**_entry(measure, statistics, "chi2", chi2, p_value), "dof": int(dof)}
+    if not binary:
         # Resampling the observed table reproduces its plain V, which noise inflates above the
         # corrected estimate: near independence every replicate would lie above the estimate and
         # above 0. Scaling the departure from independence by corrected / plain V (margins kept)

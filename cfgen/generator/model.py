@@ -70,13 +70,28 @@ class Generator:
     # per attribute, the inference settings its edits use by default, and how they were chosen:
     # {"attributes": {name: {"steps", "inversion_depth", "guidance", "localize"}}, "selection": {...}}
     inference: dict = field(default_factory=dict)
+    # per continuous variable, [centre, scale] of its training values: the encoder sees (value - centre) / scale,
+    # numbers near 1 whatever the column's units (folders saved before this had none: values as they are)
+    standardization: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, schema: Schema, image_format: ImageFormat, architecture: str = "quick") -> "Generator":
+    def create(
+        cls, schema: Schema, image_format: ImageFormat, architecture: str = "quick", table: MetadataTable | None = None
+    ) -> "Generator":
+        """A new generator; ``table`` (the training rows) sets how continuous variables are standardised."""
         unet = build_unet(image_format, architecture)
         encoder = AttributeEncoder.for_schema(schema, unet.config.block_out_channels[0] * 4)
         scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-        return cls(unet, encoder, scheduler, schema, image_format, {"architecture": architecture})
+        standardization = {}
+        for variable in schema.variables:
+            if not variable.is_discrete and table is not None:
+                values = variable.encode(table.column(variable.name))
+                largest = np.abs(values).max() or 1.0  # divided first, so that no sum overflows
+                standardization[variable.name] = [
+                    float(largest * np.mean(values / largest)),
+                    float(largest * np.std(values / largest)) or 1.0,
+                ]
+        return cls(unet, encoder, scheduler, schema, image_format, {"architecture": architecture}, {}, standardization)
 
     def modules(self) -> torch.nn.ModuleDict:
         """The trainable parts as one module, for optimizers, EMA and accelerate."""
@@ -121,7 +136,25 @@ class Generator:
                 f"the generator needs: {', '.join(self.schema.names)}"
             )
         encoded = self.schema.encode(table.columns)
-        return torch.from_numpy(np.stack([encoded[n] for n in self.schema.names], axis=1).astype(np.float32))
+        columns = [self.standardized(name, encoded[name]) for name in self.schema.names]
+        return torch.from_numpy(np.stack(columns, axis=1).astype(np.float32))
+
+    def condition_value(self, name: str, value: str) -> float:
+        """What the encoder receives for one value of a variable: its code, or the standardised number."""
+        variable = self.schema[name]
+        if variable.is_discrete:
+            return float(variable.code_of(value))
+        return float(self.standardized(name, np.array([float(value)]))[0])
+
+    def standardized(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Codes unchanged; continuous values as (value - centre) / scale, refused where that is not finite."""
+        if name not in self.standardization:
+            return values
+        centre, scale = self.standardization[name]
+        result = values / scale - centre / scale
+        if not np.all(np.isfinite(result)) or np.abs(result).max() > np.finfo(np.float32).max:
+            raise CfgenError(f"values of {name!r} lie too far from its training values to condition the generator")
+        return result
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -133,6 +166,7 @@ class Generator:
             "image_format": {"size": list(self.image_format.size), "mode": self.image_format.mode},
             "training": self.training,
             "inference": self.inference,
+            "standardization": self.standardization,
         }
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -151,4 +185,5 @@ class Generator:
             image_format,
             config["training"],
             config.get("inference", {}),
+            config.get("standardization", {}),
         )

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from cfgen.cli_options import add_dataset_arguments, add_output_arguments
 from cfgen.data.adapters import open_dataset
 from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
-from cfgen.data.schema import Schema
+from cfgen.data.schema import Schema, check_informative
 from cfgen.data.table import MetadataTable
 from cfgen.errors import CfgenError
 from cfgen.generator.deconfounding import (
@@ -62,8 +62,8 @@ from cfgen.generator.deconfounding import (
 )
 from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings, decode, invert
 from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
-from cfgen.io import finish_trackers, scalar_record, write_json, write_run_record
-from cfgen.runtime import MIXED_PRECISION_CHOICES, make_accelerator, resolve_mixed_precision
+from cfgen.io import check_writable, create_folder, finish_trackers, scalar_record, write_json, write_run_record
+from cfgen.runtime import MIXED_PRECISION_CHOICES, make_accelerator, resolve_mixed_precision, stop_if_diverged
 
 TRAINING_CONFIG_FILE = "training_config.json"
 CHECKPOINTS_FOLDER = "checkpoints"
@@ -174,6 +174,8 @@ class TrainingConfig:
     deconfound: str | tuple[str, ...] = "none"
     condition_dropout: float = 0.1
     snr_gamma: float = 5.0  # 0: the plain epsilon objective
+    timestep_bias_multiplier: float = 1.0  # 1: timesteps drawn uniformly
+    timestep_bias_portion: float = 0.6  # the low-noise share of timesteps the multiplier favours
     reweight_clip: float = 20.0
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     mixed_precision: str = "auto"
@@ -225,6 +227,10 @@ class TrainingConfig:
             raise CfgenError(f"--condition-dropout must be in [0, 1), not {self.condition_dropout}")
         if self.snr_gamma < 0:
             raise CfgenError(f"--snr-gamma must be >= 0 (0 turns the weighting off), not {self.snr_gamma}")
+        if self.timestep_bias_multiplier <= 0:
+            raise CfgenError(f"--timestep-bias-multiplier must be positive, not {self.timestep_bias_multiplier}")
+        if not 0 < self.timestep_bias_portion <= 1:
+            raise CfgenError(f"--timestep-bias-portion must be in (0, 1], not {self.timestep_bias_portion}")
         resolve_mixed_precision(self.mixed_precision)  # refuses unknown choices and fp16 without CUDA
         if self.resume and self.overwrite:
             raise CfgenError("--resume continues the run in --out and --overwrite replaces it; pass only one")
@@ -255,15 +261,30 @@ class Denoiser(nn.Module):
 
 @dataclass
 class TrainingProgress:
-    """The optimizer step reached; checkpointed with the rest of the state (register_for_checkpointing)."""
+    """The optimizer step, the epoch and the batches of it consumed; checkpointed with the rest of the
+    state (register_for_checkpointing), so that a resumed run continues with the batch it would have drawn."""
 
     step: int = 0
+    epoch: int = 0
+    batches: int = 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+        return {"step": self.step, "epoch": self.epoch, "batches": self.batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step = int(state["step"])
+        self.epoch, self.batches = int(state.get("epoch", 0)), int(state.get("batches", 0))
+
+
+def timestep_weights(num_train_timesteps: int, multiplier: float, portion: float) -> torch.Tensor:
+    """Sampling weights of the training timesteps: the lowest ``portion`` of them ``multiplier`` times as likely.
+
+    An edit inverts the source only to ``depth`` x T and decodes from there, so the model is used on
+    the low-noise timesteps alone; favouring them spends more of the training on what editing visits.
+    """
+    weights = torch.ones(num_train_timesteps)
+    weights[: round(portion * num_train_timesteps)] *= multiplier
+    return weights
 
 
 def denoising_loss(
@@ -273,15 +294,19 @@ def denoising_loss(
     conditions: torch.Tensor,
     condition_dropout: float,
     snr_gamma: float,
+    timestep_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDPM epsilon objective; each variable is independently replaced by its null state with ``condition_dropout``.
 
     With ``snr_gamma`` > 0 each image's error is weighted by min(SNR(t), gamma) / SNR(t) (min-SNR
-    weighting, Hang et al. 2023), which stops the nearly clean timesteps from dominating: on the
-    quick preset it raised rare colour edits from 0.42 to 0.61 at the same cost (docs/generator.md).
+    weighting, Hang et al. 2023), which stops the nearly clean timesteps from dominating (its effect
+    on edits is in docs/generator.md). Timesteps are uniform unless ``timestep_weights`` are given.
     """
     noise = torch.randn_like(images)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), device=images.device)
+    if timestep_weights is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), device=images.device)
+    else:
+        timesteps = torch.multinomial(timestep_weights, len(images), replacement=True).to(images.device)
     noisy = scheduler.add_noise(images, noise, timesteps)
     keep = torch.rand(conditions.shape, device=conditions.device) >= condition_dropout
     errors = F.mse_loss(model(noisy, timesteps, conditions, keep).float(), noise, reduction="none").mean(dim=(1, 2, 3))
@@ -299,9 +324,11 @@ def training_loss(
     condition_dropout: float,
     snr_gamma: float,
     consistency: ConsistencyObjective | None = None,
+    timestep_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss a training step minimises, and its parts for logging (the consistency terms before their weights)."""
-    parts = {"denoising": denoising_loss(model, scheduler, images, conditions, condition_dropout, snr_gamma)}
+    denoising = denoising_loss(model, scheduler, images, conditions, condition_dropout, snr_gamma, timestep_weights)
+    parts = {"denoising": denoising}
     total = parts["denoising"]
     if consistency is not None:
         terms = consistency(model, images, conditions)
@@ -329,7 +356,7 @@ def train(config: TrainingConfig) -> Path:
     # Data: every training image in memory, as uint8.
     data = load_training_data(config, progress=accelerator.is_local_main_process)
     table, schema, images = data.table, data.schema, data.images
-    generator = Generator.create(schema, data.image_format, config.architecture)
+    generator = Generator.create(schema, data.image_format, config.architecture, table)
     conditions = generator.conditions(table)
     if len(table) < config.batch_size * accelerator.num_processes:
         raise CfgenError(
@@ -375,7 +402,13 @@ def train(config: TrainingConfig) -> Path:
         sampler = RandomSampler(dataset, generator=shuffle)
     else:
         sampler = WeightedRandomSampler(sampler_weights.tolist(), len(dataset), replacement=True, generator=shuffle)
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, generator=shuffle)
+    sampled_timesteps = None
+    if config.timestep_bias_multiplier != 1:
+        timesteps_total = generator.scheduler.config.num_train_timesteps
+        sampled_timesteps = timestep_weights(
+            timesteps_total, config.timestep_bias_multiplier, config.timestep_bias_portion
+        )
     model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
     ema = EMAModel(
         accelerator.unwrap_model(model).parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4
@@ -393,60 +426,73 @@ def train(config: TrainingConfig) -> Path:
         accelerator.log({"reweight/effective_sample_size": record["reweight"]["effective_sample_size"]}, step=0)
     preview_rows, preview_edits = preview_setup(schema, conditions, config.seed)
 
-    progress_bar = tqdm(
+    with tqdm(
         total=config.steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process
-    )
-    window: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
-    window_batches = 0
-    logged: dict[str, float] = {}
-    while progress.step < config.steps:
-        for (rows,) in loader:
-            rows = rows.cpu()
-            batch = to_model_range(images[rows.numpy()]).to(accelerator.device)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, parts = training_loss(
-                        model,
-                        generator.scheduler,
-                        batch,
-                        conditions[rows].to(accelerator.device),
-                        config.condition_dropout,
-                        config.snr_gamma,
-                        consistency,
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for name, value in {"loss": loss, **parts}.items():
-                window[name] = window.get(name, 0.0) + value.detach().float()
-            window_batches += 1
-            if not accelerator.sync_gradients:
-                continue
-            ema.step(accelerator.unwrap_model(model).parameters())
-            progress.step += 1
-            progress_bar.update(1)
-            step, last = progress.step, progress.step == config.steps
-            if step % config.log_every == 0 or last:
-                logged = _log(accelerator, window, window_batches, lr_scheduler.get_last_lr()[0], step)
-                progress_bar.set_postfix(loss=f"{logged['loss']:.4f}")
-                window, window_batches = {}, 0
-            if config.checkpoint_every and (step % config.checkpoint_every == 0 or last):
-                save_checkpoint(accelerator, out, step, config.keep_checkpoints)
-            if config.sample_every and (step % config.sample_every == 0 or last) and accelerator.is_main_process:
-                with _ema_weights(ema, accelerator.unwrap_model(model)), accelerator.autocast():
-                    grid = preview_grid(
-                        generator,
-                        to_model_range(images[preview_rows]).to(accelerator.device),
-                        conditions[preview_rows].to(accelerator.device),
-                        preview_edits,
-                    )
-                save_grid(grid, out / SAMPLES_FOLDER / f"step-{step:06d}.png")
-            if last:
-                break
-    progress_bar.close()
+    ) as progress_bar:  # closed before an error is printed
+        window: dict[str, torch.Tensor] = {}  # loss sums since the last log, kept on the device (no sync per step)
+        window_batches = 0
+        logged: dict[str, float] = {}
+        while progress.step < config.steps:
+            # each epoch's order follows from its number alone, so a resumed run draws the batches it would have
+            shuffle.manual_seed(config.seed + progress.epoch)
+            epoch = accelerator.skip_first_batches(loader, progress.batches) if progress.batches else loader
+            for (rows,) in epoch:
+                progress.batches += 1
+                rows = rows.cpu()
+                batch = to_model_range(images[rows.numpy()]).to(accelerator.device)
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        loss, parts = training_loss(
+                            model,
+                            generator.scheduler,
+                            batch,
+                            conditions[rows].to(accelerator.device),
+                            config.condition_dropout,
+                            config.snr_gamma,
+                            consistency,
+                            sampled_timesteps,
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        gradient_norm = accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+                        try:
+                            learning_rate = lr_scheduler.get_last_lr()[0]
+                            stop_if_diverged(accelerator, gradient_norm, progress.step + 1, learning_rate)
+                        except CfgenError:
+                            if resume_from is None and accelerator.is_main_process:
+                                shutil.rmtree(out, ignore_errors=True)  # a fresh run leaves nothing behind
+                            raise
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for name, value in {"loss": loss, **parts}.items():
+                    window[name] = window.get(name, 0.0) + value.detach().float()
+                window_batches += 1
+                if not accelerator.sync_gradients:
+                    continue
+                ema.step(accelerator.unwrap_model(model).parameters())
+                progress.step += 1
+                progress_bar.update(1)
+                step, last = progress.step, progress.step == config.steps
+                if step % config.log_every == 0 or last:
+                    logged = _log(accelerator, window, window_batches, lr_scheduler.get_last_lr()[0], step)
+                    progress_bar.set_postfix(loss=f"{logged['loss']:.4f}")
+                    window, window_batches = {}, 0
+                if config.checkpoint_every and (step % config.checkpoint_every == 0 or last):
+                    save_checkpoint(accelerator, out, step, config.keep_checkpoints)
+                if config.sample_every and (step % config.sample_every == 0 or last) and accelerator.is_main_process:
+                    with _ema_weights(ema, accelerator.unwrap_model(model)), accelerator.autocast():
+                        grid = preview_grid(
+                            generator,
+                            to_model_range(images[preview_rows]).to(accelerator.device),
+                            conditions[preview_rows].to(accelerator.device),
+                            preview_edits,
+                        )
+                    save_grid(grid, out / SAMPLES_FOLDER / f"step-{step:06d}.png")
+                if last:
+                    break
+            else:
+                progress.epoch, progress.batches = progress.epoch + 1, 0
 
     # The final model: EMA weights, the training choices, and the completion marker last.
     accelerator.wait_for_everyone()
@@ -458,6 +504,7 @@ def train(config: TrainingConfig) -> Path:
             "deconfound": list(config.deconfound),
             "objective": "DDPM epsilon prediction",
             "snr_gamma": config.snr_gamma,
+            "timestep_bias": {"multiplier": config.timestep_bias_multiplier, "portion": config.timestep_bias_portion},
             "steps": progress.step,
             "resumed_from_step": resumed_from_step,
             "seed": config.seed,
@@ -495,6 +542,7 @@ def load_training_data(config: TrainingConfig, progress: bool = False) -> Traini
     schema = full.schema(config.label, config.attributes, config.kinds)
     split = config.split or ("train" if "train" in full.splits else "all")
     table = full.split(split)
+    check_informative(schema, schema.encode(table.columns), f"the {split} rows of {config.data}")
     image_format = check_images(table, config.resize)
     return TrainingData(table, split, schema, image_format, load_images(table.image_paths, image_format, progress))
 
@@ -520,12 +568,18 @@ def resume_point(out: Path, config: TrainingConfig) -> Path | None:
                     f"{out} is a finished generator (trained for {done or 'an unknown number of'} steps); "
                     "raise --steps to continue it, or pass --overwrite to train it again"
                 )
+        if checkpoints and checkpoints[-1][0] > config.steps:
+            raise CfgenError(
+                f"--steps {config.steps} is below step {checkpoints[-1][0]} that the run in {out} already reached; "
+                f"give --steps {checkpoints[-1][0]} or more"
+            )
         return checkpoints[-1][1] if checkpoints else None
     if out.exists() and not config.overwrite:
         raise CfgenError(
             f"output folder {out} already exists; pass --resume to continue it, --overwrite to replace it, "
             "or choose another --out"
         )
+    check_writable(out)
     return None
 
 
@@ -535,7 +589,7 @@ def _set_up_output(accelerator: Accelerator, out: Path, config: TrainingConfig) 
     if accelerator.is_main_process:
         if config.overwrite:
             shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
+        create_folder(out)
         (out / CONFIG_FILE).unlink(missing_ok=True)  # incomplete until the new final model is written
         write_json(out / TRAINING_CONFIG_FILE, config.record())
     accelerator.wait_for_everyone()
@@ -716,6 +770,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--condition-dropout", type=float, default=0.1, help="per-variable dropout (default 0.1)")
     parser.add_argument(
         "--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting gamma (default 5; 0: plain epsilon MSE)"
+    )
+    parser.add_argument(
+        "--timestep-bias-multiplier",
+        type=float,
+        default=1.0,
+        help="how much likelier the low-noise timesteps edits visit are drawn in training (default 1: uniform)",
+    )
+    parser.add_argument(
+        "--timestep-bias-portion",
+        type=float,
+        default=0.6,
+        help="the share of timesteps, from the least noisy, that the multiplier favours (default 0.6)",
     )
     parser.add_argument(
         "--mixed-precision",
