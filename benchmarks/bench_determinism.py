@@ -5,12 +5,13 @@ never changes; the pixels can, because floating-point sums depend on how a batch
 This measures it on a trained generator: the same plan made again with the same settings (must
 be bytewise identical), with another --batch-size, and with two processes (accelerate over gloo).
 
-    python benchmarks/bench_determinism.py --generator GEN --data DATA [--limit 64] [--steps 20]
+    python benchmarks/bench_determinism.py --generator GEN --data DATA [--limit 64] [--steps 20] [--localize]
 
 Writes benchmarks/results/determinism.json.
 """
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -26,13 +27,14 @@ from PIL import Image
 from cfgen.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "determinism.json"
+RESULTS = ROOT / "benchmarks" / "results" / "determinism.json"  # one entry per editing procedure
 
 
 def generate(out: Path, args: argparse.Namespace, batch_size: int, processes: int) -> Path:
     command = ["-m", "cfgen", "generate", "--generator", args.generator, "--data", args.data, "--intervene",
                args.intervene, "--split", "test", "--limit", str(args.limit), "--steps", str(args.steps),
-               "--batch-size", str(batch_size), "--mixed-precision", "no", "--out", str(out)]  # fmt: skip
+               "--batch-size", str(batch_size), "--mixed-precision", "no", "--out", str(out),
+               *(["--localize"] if args.localize else [])]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes > 1:
         with socket.socket() as probe:
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--intervene", default="fg_color=random")
     parser.add_argument("--limit", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--localize", action="store_true", help="localized edits (a thresholded mask)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -83,10 +86,14 @@ def main() -> None:
             name: compare(reference, pixels(generate(work / f"run-{i}", args, batch, processes)))
             for i, (name, (batch, processes)) in enumerate(runs.items())
         }
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    entries = previous.get("entries", {})
+    entries["localized" if args.localize else "plain"] = {
+        "settings": vars(args), "machine": machine(), "results": results, "command": " ".join(["python", *sys.argv]),
+    }  # fmt: skip
     write_json(RESULTS, {
         "benchmark": "counterfactual pixels across batch sizes and process counts (reference: batch 64, one process)",
-        "settings": vars(args), "machine": machine(), "results": results,
-        "command": " ".join(["python", *sys.argv]),
+        "entries": entries,
     })  # fmt: skip
     for name, figures in results.items():
         print(f"{name}: {figures}")

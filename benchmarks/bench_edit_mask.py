@@ -23,8 +23,9 @@ from common import machine
 from cfgen.data.colored_mnist import render_counterfactual
 from cfgen.data.images import load_images, to_model_range
 from cfgen.data.table import read_imagefolder
-from cfgen.generator.inference import InferenceSettings, inversion_timesteps, invert_path, otsu_threshold
+from cfgen.generator.inference import InferenceSettings, otsu_threshold
 from cfgen.generator.model import Generator
+from cfgen.generator.pipeline import CounterfactualPipeline
 from cfgen.io import write_json
 
 RESULT = Path(__file__).resolve().parent / "results" / "edit-mask.json"
@@ -40,6 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = Generator.load(args.generator)
+    pipeline = CounterfactualPipeline.from_generator(generator)
     table = read_imagefolder(args.data)
     rows = np.flatnonzero(table.column("split") == "test")[: args.images]
     sources = table.select(rows)
@@ -56,11 +58,11 @@ def main() -> None:
         exact = np.stack([render_counterfactual(args.data, int(row), edit) for row, edit in pairs])
         truth = torch.from_numpy(np.abs(exact.astype(int) - uint8.astype(int)).sum(-1) > 30)[:, None]
         settings = InferenceSettings(steps=20, inversion_depth=depth, guidance={attribute: 3.0}, localize=True)
-        path = invert_path(generator, images, factual, settings)
+        path = pipeline.inversion_path(images, factual, settings)
         for weighting in ("noise", "clean image", "normalised"):
             difference = torch.zeros_like(images[:, :1])
             with torch.inference_mode():
-                for latent, t in zip(path[1:], inversion_timesteps(generator, settings), strict=True):
+                for latent, t in zip(path[1:], pipeline.inversion_timesteps(settings), strict=True):
                     predicted = generator.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
                     before, after = predicted.chunk(2)
                     level = (after - before).abs().mean(1, keepdim=True)

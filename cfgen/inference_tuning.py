@@ -13,8 +13,6 @@ split is never used: a setting chosen there would flatter every figure measured 
 """
 
 import argparse
-import json
-import os
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from cfgen.errors import CfgenError
 from cfgen.generator.generation import GeneratorSource, check_sources
 from cfgen.generator.inference import DEFAULT_STEPS, InferenceSettings
 from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.pipeline import store_inference
 from cfgen.interventions import RANDOM, Intervention, plan_requests
 from cfgen.runtime import MIXED_PRECISION_CHOICES, resolve_mixed_precision
 
@@ -140,17 +139,8 @@ def tune_inference(
             "grid": {**model.inference.get("selection", {}).get("grid", {}), **grid},
         },
     }
-    _store(folder, inference)
+    store_inference(folder, inference)
     return inference
-
-
-def _store(folder: Path, inference: dict[str, Any]) -> None:
-    """Rewrite the generator's config with ``inference``, atomically."""
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    config["inference"] = inference
-    partial = folder / f".{CONFIG_FILE}.partial"
-    partial.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(partial, folder / CONFIG_FILE)
 
 
 def _numbers(text: str) -> tuple[float, ...]:

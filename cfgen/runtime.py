@@ -2,8 +2,10 @@
 ``Accelerator`` that each stage of one process may create with its own precision.
 """
 
+import importlib.util
 import os
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -67,3 +69,28 @@ def stop_if_diverged(accelerator: Accelerator, gradient_norm: torch.Tensor, step
             f"training diverged at step {step}: the loss or its gradients are not finite numbers; "
             f"lower the learning rate (now {learning_rate:g}) or check the data's values"
         )
+
+
+REPORT_TO_CHOICES = ("tensorboard", "wandb", "none")
+
+
+def resolve_report_to(choice: str) -> str | None:
+    """The accelerate tracker a training run logs to, checked; wandb runs offline unless the user set it up."""
+    if choice not in REPORT_TO_CHOICES:
+        raise CfgenError(f"unknown --report-to {choice!r}; valid: {', '.join(REPORT_TO_CHOICES)}")
+    if choice == "none":
+        return None
+    if importlib.util.find_spec(choice) is None:
+        raise CfgenError(f"--report-to {choice} needs the {choice} package: pip install {choice}")
+    if choice == "wandb" and "WANDB_API_KEY" not in os.environ:
+        os.environ.setdefault("WANDB_MODE", "offline")  # no network unless the user logged in
+    return choice
+
+
+def log_image(accelerator: Accelerator, name: str, image: np.ndarray, step: int) -> None:
+    """Log one (H, W, C) uint8 image to every tracker that takes images."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({name: image[None]}, step=step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            tracker.log_images({name: [image]}, step=step)

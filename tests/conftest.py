@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+import cfgen  # noqa: F401  (first: it makes torchvision importable before any test imports diffusers)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Tiny models run several times faster on one thread, and test subprocesses then do not compete.
@@ -47,13 +49,13 @@ def small_folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "small", rows)
 
 
-def tensorboard_scalars(folder: Path) -> set[str]:
-    """Every scalar tag in the tensorboard event files under ``folder``."""
+def tensorboard_scalars(folder: Path, kind: str = "scalars") -> set[str]:
+    """Every tag of ``kind`` (scalars, images) in the tensorboard event files under ``folder``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags: set[str] = set()
     for directory in {path.parent for path in folder.rglob("events.out.tfevents.*")}:
         events = EventAccumulator(str(directory))
         events.Reload()
-        tags |= set(events.Tags()["scalars"])
+        tags |= set(events.Tags()[kind])
     return tags

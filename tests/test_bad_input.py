@@ -26,8 +26,6 @@ from cfgen.data.table import CARD_FILE
 from cfgen.generator.generation import generate_counterfactuals
 from cfgen.generator.training import train_generator
 
-pytestmark = pytest.mark.trains
-
 
 def rows() -> list[dict]:
     """36 training rows (y x color x shape, each cell present), 6 validation, 6 test; size is continuous."""

@@ -16,8 +16,6 @@ from cfgen.classifier.training import WEIGHTS_FILE
 from cfgen.cli import main
 from cfgen.generator.training import train_generator
 
-pytestmark = pytest.mark.trains
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -49,13 +47,13 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 240) -> None:
     assert process.wait() == -signal.SIGKILL
 
 
-def test_a_killed_generator_run_resumes_to_the_uninterrupted_load_file(dataset: Path, tmp_path: Path) -> None:
+def test_a_killed_generator_run_resumes_to_the_uninterrupted_weights(dataset: Path, tmp_path: Path) -> None:
     """Killed after its first checkpoint, resumed: bitwise the weights of a run never stopped (same seed).
 
     The tolerance is 0: each epoch's batch order follows from its number and the checkpoint holds
     how many batches of it were drawn, so the resumed run sees the same batches and noise.
     """
-    options = {"label": "y", "preset": "tiny", "steps": 40, "checkpoint_every": 4, "mixed_precision": "no"}
+    options = {"label": "y", "preset": "tiny", "steps": 24, "checkpoint_every": 4, "mixed_precision": "no"}
     whole = train_generator(dataset, tmp_path / "whole", **options)
 
     out = tmp_path / "killed"
@@ -71,7 +69,7 @@ def test_a_killed_generator_run_resumes_to_the_uninterrupted_load_file(dataset: 
 
 
 def test_a_killed_classifier_run_leaves_nothing_and_reruns_to_the_same_model(dataset: Path, tmp_path: Path) -> None:
-    argv = ["train-classifier", "--data", str(dataset), "--label", "y", "--method", "erm", "--epochs", "40",
+    argv = ["train-classifier", "--data", str(dataset), "--label", "y", "--method", "erm", "--epochs", "20",
             "--batch-size", "4", "--mixed-precision", "no"]  # fmt: skip
     whole = tmp_path / "whole"
     assert main([*argv, "--out", str(whole)]) == 0

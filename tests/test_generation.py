@@ -35,18 +35,9 @@ from cfgen.data.images import load_images, to_model_range
 from cfgen.data.table import read_imagefolder
 from cfgen.errors import CfgenError
 from cfgen.generator.generation import staging_dir
-from cfgen.generator.inference import (
-    InferenceSettings,
-    counterfactuals,
-    decode,
-    edit_mask,
-    invert,
-    invert_path,
-    otsu_threshold,
-    parse_guidance,
-    settings_for,
-)
+from cfgen.generator.inference import InferenceSettings, otsu_threshold, parse_guidance, settings_for
 from cfgen.generator.model import Generator
+from cfgen.generator.pipeline import CounterfactualPipeline
 from cfgen.generator.training import train_generator
 from cfgen.interventions import parse_intervention, plan_requests
 
@@ -106,21 +97,23 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_inversion_then_decoding_reconstructs(dataset: Path, generator: Path) -> None:
-    model = Generator.load(generator)
+    pipeline = CounterfactualPipeline.load(generator)
+    model = pipeline.model
     table = read_imagefolder(dataset).split("test")
     images = to_model_range(load_images(table.image_paths[:8], model.image_format))
     conditions = model.conditions(table)[:8]
     for settings in (InferenceSettings(steps=10, inversion_depth=1.0), InferenceSettings(steps=4, inversion_depth=0.3)):
-        noise = invert(model, images, conditions, settings)
-        decoded = decode(model, noise, conditions, settings)
-        assert torch.equal(decoded, counterfactuals(model, images, conditions, conditions, settings))  # deterministic
+        path = pipeline.inversion_path(images, conditions, settings)
+        noise = path[-1]
+        decoded = pipeline.decode(path, conditions, settings)
+        assert torch.equal(decoded, pipeline.edit(path, conditions, conditions, settings))  # deterministic
         reconstruction = mse(decoded, images)
         scale = noise.std() if settings.inversion_depth == 1 else 1.0
         alpha = model.scheduler.alphas_cumprod[int(settings.inversion_depth * 1000) - 1]
         start = torch.randn(noise.shape, generator=torch.Generator().manual_seed(0)) * scale
         if settings.inversion_depth < 1:  # the same noise level, but from the wrong image
             start = alpha.sqrt() * images.roll(1, 0) + (1 - alpha).sqrt() * start
-        unrelated = mse(decode(model, start, conditions, settings), images)
+        unrelated = mse(pipeline.decode([start], conditions, settings), images)
         assert reconstruction < 0.1 * unrelated and reconstruction < 0.01, (settings, reconstruction, unrelated)
 
 
@@ -392,6 +385,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
+    assert CounterfactualPipeline.from_pretrained(tuned).config.inference == inference  # both records agree
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
     assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 12
     for name, scores in inference["selection"]["grid"].items():
@@ -431,22 +425,23 @@ def test_settings_chosen_on_validation_are_saved_and_used(
 
 
 def test_localized_edits_keep_the_source_outside_the_mask(dataset: Path, generator: Path) -> None:
-    model = Generator.load(generator)
+    pipeline = CounterfactualPipeline.load(generator)
+    model = pipeline.model
     table = read_imagefolder(dataset).split("test")
     images = to_model_range(load_images(table.image_paths[:4], model.image_format))
     factual = model.conditions(table)[:4]
     target = factual.clone()
     target[:, model.schema.names.index("bg_color")] = (factual[:, model.schema.names.index("bg_color")] + 1) % 4
     settings = InferenceSettings(steps=6, inversion_depth=1.0, guidance={"bg_color": 3.0}, localize=True)
-    path = invert_path(model, images, factual, settings)
+    path = pipeline.inversion_path(images, factual, settings)
     assert len(path) == 7 and torch.equal(path[0], images)
-    mask = edit_mask(model, path, factual, target, settings)
+    mask = pipeline.edit_mask(path, factual, target, settings)
     assert mask.shape == (4, 1, 28, 28) and set(mask.unique().tolist()) <= {0.0, 1.0}
     assert ((mask.mean((1, 2, 3)) > 0) & (mask.mean((1, 2, 3)) < 1)).all()  # Otsu splits every map in two
-    edited = counterfactuals(model, images, factual, target, settings)
+    edited = pipeline.edit(path, factual, target, settings)
     outside = mask.expand_as(images) == 0
     assert torch.equal(edited[outside], images[outside])  # the last step lands on the source itself
-    plain = counterfactuals(model, images, factual, target, replace(settings, localize=False))
+    plain = pipeline.edit(path, factual, target, replace(settings, localize=False))
     assert not torch.equal(plain[outside], images[outside])
 
 

@@ -35,6 +35,7 @@ from cfgen.generator.deconfounding import (
     train_judges,
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.pipeline import save_generator
 from cfgen.generator.training import (
     PRESETS,
     Denoiser,
@@ -224,7 +225,7 @@ def test_trained_generator_round_trips_with_its_record(trained: Path, dataset: P
     ema = torch.load(trained / "checkpoints" / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=True)
     for saved, shadow in zip(Denoiser(generator).parameters(), ema["shadow_params"], strict=True):
         assert torch.equal(saved, shadow)
-    generator.save(tmp_path / "again")
+    save_generator(generator, tmp_path / "again")
     again = Generator.load(tmp_path / "again")
     sample, conditions = torch.randn(4, 3, 8, 8), generator.conditions(open_dataset(dataset).split("train"))[:4]
     t = torch.tensor([10, 200, 500, 900])
@@ -251,6 +252,14 @@ def test_trained_generator_round_trips_with_its_record(trained: Path, dataset: P
     assert (trained / "samples" / "step-000004.png").is_file()
     logged = tensorboard_scalars(trained / "logs")
     assert {"loss", "denoising", "lr", "cycle", "reweight/effective_sample_size"} <= logged
+    assert "preview" in tensorboard_scalars(trained / "logs", "images")  # the preview grid, as an image
+
+
+def test_report_to_none_logs_nothing(dataset: Path, tmp_path: Path):
+    out = train_generator(dataset, tmp_path / "gen", **TINY, steps=2, checkpoint_every=0, report_to="none")
+    assert (out / "cfgen_generator.json").is_file() and not (out / "logs").exists()
+    with pytest.raises(CfgenError, match="valid: tensorboard, wandb, none"):
+        train_generator(dataset, tmp_path / "other", **TINY, report_to="mlflow")
 
 
 def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Path):

@@ -6,11 +6,8 @@ import sys
 import venv
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.trains
 
 
 def test_a_wheel_builds_the_builtin_data_and_runs_the_tiny_pipeline(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.training import train_classifiers
 from cfgen.cli_options import add_output_arguments, column_list, kind_overrides
 from cfgen.data.adapters import FORMATS
-from cfgen.runtime import MIXED_PRECISION_CHOICES
+from cfgen.runtime import MIXED_PRECISION_CHOICES, REPORT_TO_CHOICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MIXED_PRECISION_CHOICES,
         default=defaults.mixed_precision,
         help="auto (default): bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
+    )
+    parser.add_argument(
+        "--report-to",
+        choices=REPORT_TO_CHOICES,
+        default=defaults.report_to,
+        help="where per-epoch figures are logged (default tensorboard, under OUT/logs; wandb runs offline "
+        "unless you are logged in)",
     )
     parser.add_argument(
         "--min-group-size",
@@ -98,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> ClassifierConfig:
         weight_decay=args.weight_decay,
         seeds=parse_seeds(args.seeds),
         mixed_precision=args.mixed_precision,
+        report_to=args.report_to,
         min_group_size=args.min_group_size,
         pair_share=args.pair_share,
         cf_weight=args.cf_weight,

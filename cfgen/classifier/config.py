@@ -5,7 +5,7 @@ from typing import Any
 
 from cfgen.classifier.backbones import BACKBONES
 from cfgen.errors import CfgenError
-from cfgen.runtime import resolve_mixed_precision
+from cfgen.runtime import resolve_mixed_precision, resolve_report_to
 
 METHOD_NAMES = (
     "erm",
@@ -42,6 +42,7 @@ class ClassifierConfig:
     weight_decay: float = 1e-4
     seeds: tuple[int, ...] = (0,)
     mixed_precision: str = "auto"
+    report_to: str = "tensorboard"
     min_group_size: int = 5
     pair_share: float | None = None  # None: training rows are drawn uniformly
     cf_weight: float = 1.0
@@ -65,6 +66,7 @@ class ClassifierConfig:
         _one_of(self.cf_distance, CF_DISTANCES, "--cf-distance")
         _one_of(self.cf_layer, CF_LAYERS, "--cf-layer")
         resolve_mixed_precision(self.mixed_precision)  # refuses unknown choices and fp16 without CUDA
+        resolve_report_to(self.report_to)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise CfgenError(f"--seeds needs distinct whole numbers >= 0, e.g. 0,1,2; got {self.seeds}")
         for name in ("epochs", "batch_size", "min_group_size"):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, is_tensorboard_available, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
@@ -52,7 +52,7 @@ from cfgen.io import (
     write_json,
     write_run_record,
 )
-from cfgen.runtime import make_accelerator, stop_if_diverged
+from cfgen.runtime import make_accelerator, resolve_report_to, stop_if_diverged
 
 METRICS_FILE = "metrics.json"
 METRICS_SCHEMA = "cfgen.classifier.metrics/1"
@@ -128,7 +128,7 @@ def train_classifiers(config: ClassifierConfig, data: TrainingData | None = None
     check_output_dir(out, config.overwrite)
     accelerator = make_accelerator(
         config.mixed_precision,
-        log_with="tensorboard" if is_tensorboard_available() else None,
+        log_with=resolve_report_to(config.report_to),
         project_config=ProjectConfiguration(logging_dir=str(out / "logs")),  # staged below, like every output
     )
     if config.counterfactuals and not objective.uses_counterfactuals:

@@ -44,11 +44,10 @@ from cfgen.generator.inference import (
     DEFAULT_INVERSION_DEPTH,
     DEFAULT_STEPS,
     InferenceSettings,
-    edit,
-    invert_path,
     settings_for,
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.pipeline import PIPELINE_INDEX, CounterfactualPipeline
 from cfgen.interventions import Request, parse_intervention, plan_requests
 from cfgen.io import check_output_dir, create_folder, write_json, write_run_record
 from cfgen.runtime import MIXED_PRECISION_CHOICES, autocast_dtype, resolve_mixed_precision
@@ -99,7 +98,8 @@ class ExactSource:
 
 
 class GeneratorSource:
-    """A trained generator: DDIM inversion under the factual conditions, decoding under the targets."""
+    """A trained generator, as a ``CounterfactualPipeline``: inversion under the factual values, decoding under
+    the targets."""
 
     def __init__(self, generator: Generator, folder: Path, inference: InferenceSettings, mixed_precision: str):
         self.generator = generator
@@ -109,8 +109,9 @@ class GeneratorSource:
         self.inference = inference
         self.mixed_precision = mixed_precision
         self.device = process_state().device
-        generator.unet.to(self.device).eval()
-        generator.encoder.to(self.device).eval()
+        self.pipeline = CounterfactualPipeline.from_generator(generator).to(self.device)
+        generator.unet.eval()
+        generator.encoder.eval()
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -133,19 +134,22 @@ class GeneratorSource:
                 target[k, self.schema.names.index(name)] = self.generator.condition_value(name, value)
         dtype = autocast_dtype(self.mixed_precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            path = [latent[of_request] for latent in invert_path(self.generator, images, factual, self.inference)]
-            samples = edit(self.generator, path, factual[of_request], target, self.inference)
+            path = [latent[of_request] for latent in self.pipeline.inversion_path(images, factual, self.inference)]
+            samples = self.pipeline.edit(path, factual[of_request], target, self.inference)
         return to_uint8(samples)
 
 
 def folder_digest(folder: Path) -> str:
     """SHA-256 over a generator's model files: a retrained generator at the same path is another generator."""
     digest = hashlib.sha256()
-    for path in sorted(p for sub in ("unet", "attribute_encoder", "scheduler") for p in (folder / sub).rglob("*")):
+    components = ("unet", "attribute_encoder", "scheduler", "inverse_scheduler")
+    for path in sorted(p for sub in components for p in (folder / sub).rglob("*")):
         if path.is_file():
             digest.update(str(path.relative_to(folder)).encode())
             digest.update(path.read_bytes())
-    digest.update((folder / CONFIG_FILE).read_bytes())
+    for record in (PIPELINE_INDEX, CONFIG_FILE):
+        if (folder / record).is_file():
+            digest.update((folder / record).read_bytes())
     return digest.hexdigest()
 
 

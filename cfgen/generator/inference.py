@@ -1,16 +1,8 @@
-"""Counterfactual inference: abduction -> action -> prediction with DDIM.
+"""How an edit is made: the inference settings, where they come from, and Otsu's threshold.
 
-Abduction inverts an image to the noise that produces it under its factual label and attributes
-(DDIM inversion, deterministic). Action replaces the intervened values in the conditions.
-Prediction decodes that noise under the new conditions with DDIM, with classifier-free guidance per
-attribute so that the edited attributes are pushed toward their targets while the rest of the image
-is carried by the inverted noise.
-
-The inversion can stop part-way (``inversion_depth`` < 1): the coarse structure set at the higher
-noise levels (the digit's shape, the layout) is then kept as it is and only the rest is redrawn,
-which trades edit strength for preservation. ``steps`` DDIM steps are spread evenly over the part of
-the noise range used, in each direction, with the same timesteps both ways so that decoding under
-the factual conditions retraces the inversion.
+The editing itself (abduction, action, prediction) is ``CounterfactualPipeline`` (pipeline.py);
+this module holds what it and the commands share: ``InferenceSettings``, the guidance syntax, the
+settings of an edit given the defaults saved with a generator, and the threshold of its edit mask.
 """
 
 import math
@@ -18,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from cfgen.data.schema import Schema
 from cfgen.errors import CfgenError
@@ -122,76 +112,6 @@ def _weight(text: str, what: str) -> float:
     return weight
 
 
-def _schedule_length(generator: Generator, settings: InferenceSettings) -> int:
-    """Steps over the whole noise range whose first ``settings.steps`` reach ``inversion_depth``."""
-    train_steps = generator.scheduler.config.num_train_timesteps
-    total = max(settings.steps, round(settings.steps / settings.inversion_depth))
-    if total > train_steps:
-        raise CfgenError(
-            f"--steps {settings.steps} at --inversion-depth {settings.inversion_depth} needs {total} steps over "
-            f"the noise range, more than the {train_steps} the generator was trained with; use fewer steps"
-        )
-    return total
-
-
-# "leading" spacing puts timesteps at 0, r, 2r, ...: both directions then visit the same levels. No
-# clipping of the predicted clean image: it bends the decoding path away from the inverted one (on a
-# briefly trained model it raised the reconstruction error of 20-step inversion from 0.002 to 0.065).
-_DDIM = {"timestep_spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True, "clip_sample": False}
-
-
-def inversion_timesteps(generator: Generator, settings: InferenceSettings) -> torch.Tensor:
-    """The timesteps DDIM inversion visits, in order; decoding visits them backwards."""
-    scheduler = DDIMInverseScheduler.from_config(generator.scheduler.config, **_DDIM)
-    scheduler.set_timesteps(_schedule_length(generator, settings))
-    return scheduler.timesteps[: settings.steps]
-
-
-@torch.inference_mode()
-def invert_path(
-    generator: Generator, images: torch.Tensor, conditions: torch.Tensor, settings: InferenceSettings
-) -> list[torch.Tensor]:
-    """Abduction, keeping the way: [images, the latent after each DDIM inversion step, ..., the noise at
-    ``inversion_depth``]; ``settings.steps`` + 1 latents."""
-    scheduler = DDIMInverseScheduler.from_config(generator.scheduler.config, **_DDIM)
-    scheduler.set_timesteps(_schedule_length(generator, settings))
-    path = [images]
-    for t in scheduler.timesteps[: settings.steps]:
-        noise = generator.predict_noise(path[-1], t, conditions).to(images.dtype)
-        path.append(scheduler.step(noise, int(t), path[-1]).prev_sample)
-    return path
-
-
-def invert(
-    generator: Generator, images: torch.Tensor, conditions: torch.Tensor, settings: InferenceSettings
-) -> torch.Tensor:
-    """Abduction: the noise at ``inversion_depth`` that decodes to ``images`` under ``conditions``."""
-    return invert_path(generator, images, conditions, settings)[-1]
-
-
-@torch.inference_mode()
-def edit_mask(
-    generator: Generator,
-    path: list[torch.Tensor],
-    factual: torch.Tensor,
-    target: torch.Tensor,
-    settings: InferenceSettings,
-) -> torch.Tensor:
-    """(B, 1, H, W), 1 where the edit may change the image: where the model's noise prediction under the
-    target conditions differs from that under the factual ones, summed along the source's inversion
-    path, smoothed, split from the rest by Otsu's threshold (per image) and grown by a pixel.
-
-    The model's own answer to "what does this attribute change?": no knowledge of the images.
-    """
-    difference = torch.zeros_like(path[0][:, :1], dtype=torch.float32)
-    for latent, t in zip(path[1:], inversion_timesteps(generator, settings), strict=True):
-        predicted = generator.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
-        before, after = predicted.float().chunk(2)
-        difference += (after - before).abs().mean(1, keepdim=True)
-    smooth = F.avg_pool2d(difference, 3, stride=1, padding=1, count_include_pad=False)
-    return F.max_pool2d((smooth > otsu_threshold(smooth)).float(), 3, stride=1, padding=1)
-
-
 def otsu_threshold(values: torch.Tensor, candidates: int = 64) -> torch.Tensor:
     """(B, 1, 1, 1): for each of (B, ...) value maps, the level that best splits its values into two
     classes (Otsu: the largest variance between them), among ``candidates`` quantiles."""
@@ -205,52 +125,3 @@ def otsu_threshold(values: torch.Tensor, candidates: int = 64) -> torch.Tensor:
     share = above.float().mean(2)
     between = share * (1 - share) * (mean_above - mean_below) ** 2
     return levels.gather(1, between.argmax(1, keepdim=True))[:, :, None, None]
-
-
-@torch.inference_mode()
-def decode(
-    generator: Generator,
-    noise: torch.Tensor,
-    conditions: torch.Tensor,
-    settings: InferenceSettings,
-    keep: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
-) -> torch.Tensor:
-    """Prediction: DDIM from the noise at ``inversion_depth`` to an image under ``conditions``, guided.
-
-    ``keep`` = (mask, source path): outside the mask each step's result is replaced by the source's
-    latent at the same noise level, so what the edit must not touch ends as it was.
-    """
-    scheduler = DDIMScheduler.from_config(generator.scheduler.config, **_DDIM)
-    scheduler.set_timesteps(_schedule_length(generator, settings))
-    sample = noise
-    for step, t in enumerate(scheduler.timesteps[-settings.steps :]):
-        eps = generator.guided_noise(sample, t, conditions, settings.guidance).to(sample.dtype)
-        sample = scheduler.step(eps, int(t), sample, eta=0.0).prev_sample
-        if keep is not None:
-            mask, path = keep
-            sample = torch.lerp(path[settings.steps - 1 - step], sample, mask.to(sample.dtype))
-    return sample
-
-
-def edit(
-    generator: Generator,
-    path: list[torch.Tensor],
-    factual: torch.Tensor,
-    target: torch.Tensor,
-    settings: InferenceSettings,
-) -> torch.Tensor:
-    """Action and prediction from the source's inversion path (``invert_path``): decode its noise under
-    the ``target`` conditions, within the model's own ``edit_mask`` when ``settings.localize``."""
-    keep = (edit_mask(generator, path, factual, target, settings), path) if settings.localize else None
-    return decode(generator, path[-1], target, settings, keep)
-
-
-def counterfactuals(
-    generator: Generator,
-    images: torch.Tensor,
-    factual: torch.Tensor,
-    target: torch.Tensor,
-    settings: InferenceSettings,
-) -> torch.Tensor:
-    """Abduction -> action -> prediction for a batch: images in [-1, 1], (B, V) condition rows."""
-    return edit(generator, invert_path(generator, images, factual, settings), factual, target, settings)

@@ -1,12 +1,14 @@
 """The counterfactual generator: a diffusers UNet, the attribute encoder and the noise schedule.
 
-Saved as a folder that plain diffusers opens part by part:
+Saved (``save_generator`` in pipeline.py) as a folder that diffusers opens whole or part by part:
 
+    model_index.json      CounterfactualPipeline.from_pretrained(folder) (or DiffusionPipeline's)
     unet/                 UNet2DModel.from_pretrained(folder, subfolder="unet")
     attribute_encoder/    cfgen's AttributeEncoder (diffusers ModelMixin format)
-    scheduler/            DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
-    cfgen_generator.json  the schema (names, kinds, vocabularies), image format, training choices and
-                          the inference settings chosen on validation data (``cfgen tune-inference``)
+    scheduler/            DDIMScheduler; inverse_scheduler/: DDIMInverseScheduler
+    cfgen_generator.json  written last: the schema (names, kinds, vocabularies), image format, how
+                          continuous values are standardised, the training record and the inference
+                          settings chosen on validation data (``cfgen tune-inference``)
 """
 
 import json
@@ -156,11 +158,8 @@ class Generator:
             raise CfgenError(f"values of {name!r} lie too far from its training values to condition the generator")
         return result
 
-    def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        self.unet.save_pretrained(folder / "unet")
-        self.encoder.save_pretrained(folder / "attribute_encoder")
-        self.scheduler.save_pretrained(folder / "scheduler")
+    def save_record(self, folder: str | Path) -> None:
+        """Write cfgen_generator.json; ``save_generator`` (pipeline.py) writes the whole folder."""
         config = {
             "schema": self.schema.to_dict(),
             "image_format": {"size": list(self.image_format.size), "mode": self.image_format.mode},
@@ -168,7 +167,7 @@ class Generator:
             "inference": self.inference,
             "standardization": self.standardization,
         }
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> "Generator":
@@ -180,7 +179,8 @@ class Generator:
         return cls(
             UNet2DModel.from_pretrained(folder / "unet"),
             AttributeEncoder.from_pretrained(folder / "attribute_encoder"),
-            DDPMScheduler.from_pretrained(folder / "scheduler"),
+            # the training schedule; folders since the pipeline hold it as DDIM's configuration
+            DDPMScheduler.from_config(DDPMScheduler.load_config(folder / "scheduler")),
             Schema.from_dict(config["schema"]),
             image_format,
             config["training"],

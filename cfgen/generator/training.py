@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, is_tensorboard_available, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
@@ -60,10 +61,19 @@ from cfgen.generator.deconfounding import (
     reweight_weights,
     train_judges,
 )
-from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings, decode, invert
+from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings
 from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
+from cfgen.generator.pipeline import CounterfactualPipeline, save_generator
 from cfgen.io import check_writable, create_folder, finish_trackers, scalar_record, write_json, write_run_record
-from cfgen.runtime import MIXED_PRECISION_CHOICES, make_accelerator, resolve_mixed_precision, stop_if_diverged
+from cfgen.runtime import (
+    MIXED_PRECISION_CHOICES,
+    REPORT_TO_CHOICES,
+    log_image,
+    make_accelerator,
+    resolve_mixed_precision,
+    resolve_report_to,
+    stop_if_diverged,
+)
 
 TRAINING_CONFIG_FILE = "training_config.json"
 CHECKPOINTS_FOLDER = "checkpoints"
@@ -139,6 +149,7 @@ RESUMABLE_CHANGES = frozenset(
         "sample_every",
         "log_every",
         "mixed_precision",
+        "report_to",
         "resume",
         "overwrite",
     }
@@ -179,6 +190,7 @@ class TrainingConfig:
     reweight_clip: float = 20.0
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     mixed_precision: str = "auto"
+    report_to: str = "tensorboard"
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
@@ -232,6 +244,7 @@ class TrainingConfig:
         if not 0 < self.timestep_bias_portion <= 1:
             raise CfgenError(f"--timestep-bias-portion must be in (0, 1], not {self.timestep_bias_portion}")
         resolve_mixed_precision(self.mixed_precision)  # refuses unknown choices and fp16 without CUDA
+        resolve_report_to(self.report_to)
         if self.resume and self.overwrite:
             raise CfgenError("--resume continues the run in --out and --overwrite replaces it; pass only one")
 
@@ -345,7 +358,7 @@ def train(config: TrainingConfig) -> Path:
     accelerator = make_accelerator(
         config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with="tensorboard" if is_tensorboard_available() else None,
+        log_with=resolve_report_to(config.report_to),
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         # the encoder's null vector for continuous variables is unused when every variable is discrete
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -426,6 +439,7 @@ def train(config: TrainingConfig) -> Path:
         accelerator.log({"reweight/effective_sample_size": record["reweight"]["effective_sample_size"]}, step=0)
     preview_rows, preview_edits = preview_setup(schema, conditions, config.seed)
 
+    started = time.perf_counter()
     with tqdm(
         total=config.steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process
     ) as progress_bar:  # closed before an error is printed
@@ -489,6 +503,7 @@ def train(config: TrainingConfig) -> Path:
                             preview_edits,
                         )
                     save_grid(grid, out / SAMPLES_FOLDER / f"step-{step:06d}.png")
+                    log_image(accelerator, "preview", grid, step)
                 if last:
                     break
             else:
@@ -518,6 +533,7 @@ def train(config: TrainingConfig) -> Path:
             "mixed_precision": accelerator.mixed_precision,
             "data": {"path": config.data, "split": data.split, "images": len(table), "resize": config.resize},
             "final_loss": logged,
+            "seconds": round(time.perf_counter() - started, 1),  # this run's loop (after a resume: since it)
             **record,
         }
         save_final(generator, out, config.record(), config.seed)
@@ -667,7 +683,7 @@ def save_final(generator: Generator, out: Path, config: dict[str, Any], seed: in
     """Write the generator beside the training files; cfgen_generator.json goes in last, atomically."""
     staging = out / ".generator.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    generator.save(staging)
+    save_generator(generator, staging)
     for part in staging.iterdir():
         if part.name != CONFIG_FILE:
             shutil.rmtree(out / part.name, ignore_errors=True)
@@ -725,10 +741,11 @@ def preview_grid(
 ) -> np.ndarray:
     """Rows: the originals, their reconstruction (inverted and decoded under their own conditions), then
     one row of counterfactuals per edit, made as ``cfgen generate`` makes them with its default settings."""
-    noise = invert(generator, images, conditions, InferenceSettings())
-    rows = [images, decode(generator, noise, conditions, InferenceSettings())]
+    pipeline = CounterfactualPipeline.from_generator(generator)
+    path = pipeline.inversion_path(images, conditions, InferenceSettings())
+    rows = [images, pipeline.decode(path, conditions, InferenceSettings())]
     for name, target in edits:
-        rows.append(decode(generator, noise, target, InferenceSettings(guidance={name: DEFAULT_GUIDANCE})))
+        rows.append(pipeline.decode(path, target, InferenceSettings(guidance={name: DEFAULT_GUIDANCE})))
     return np.concatenate([np.concatenate(list(to_uint8(row)), axis=1) for row in rows], axis=0)
 
 
@@ -788,6 +805,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MIXED_PRECISION_CHOICES,
         default="auto",
         help="auto: bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
+    )
+    parser.add_argument(
+        "--report-to",
+        choices=REPORT_TO_CHOICES,
+        default="tensorboard",
+        help="where losses and preview grids are logged (default tensorboard, under OUT/logs; wandb runs offline "
+        "unless you are logged in)",
     )
     parser.add_argument("--seed", type=int, default=0)
 

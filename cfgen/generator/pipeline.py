@@ -1,0 +1,399 @@
+"""``CounterfactualPipeline``: a trained generator as a diffusers pipeline that edits attributes of images.
+
+Abduction inverts each image to the noise that produces it under its factual label and attributes
+(DDIM inversion, deterministic); action replaces the intervened values; prediction decodes the
+noise under the new values with DDIM and classifier-free guidance per attribute, so the edited
+attributes are pushed toward their targets while the inverted noise carries the rest of the image.
+
+The inversion can stop part-way (``inversion_depth`` < 1): the coarse structure set at the higher
+noise levels is then kept and only the rest is redrawn, trading edit strength for preservation.
+``steps`` DDIM steps are spread evenly over the part of the noise range used, with the same
+timesteps both ways, so decoding under the factual values retraces the inversion. A localized edit
+keeps the source outside the model's own edit mask.
+
+    pipe = CounterfactualPipeline.from_pretrained("runs/gen")      # or DiffusionPipeline.from_pretrained
+    out = pipe(images, [{"digit": "3", "fg_color": "red", ...}, ...], "fg_color=green")
+    out.images, out.values
+"""
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMInverseScheduler, DDIMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+
+from cfgen.data.images import ImageFormat
+from cfgen.data.schema import Schema
+from cfgen.data.table import MetadataTable
+from cfgen.errors import CfgenError
+from cfgen.generator.conditioning import AttributeEncoder
+from cfgen.generator.inference import InferenceSettings, otsu_threshold, settings_for
+from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.interventions import Intervention, parse_intervention
+
+PIPELINE_INDEX = "model_index.json"
+# "leading" spacing puts timesteps at 0, r, 2r, ...: both directions then visit the same levels. No
+# clipping of the predicted clean image: it bends the decoding path away from the inverted one (on a
+# briefly trained model it raised the reconstruction error of 20-step inversion from 0.002 to 0.065).
+DDIM_OPTIONS = {"timestep_spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True, "clip_sample": False}
+
+ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | torch.Tensor
+
+
+@dataclass
+class CounterfactualPipelineOutput(BaseOutput):
+    """``images[k]`` edits source ``sources[k]`` to the intervened ``values[k]`` (several per source for ``a=*``)."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    values: list[dict[str, str]] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CounterfactualInversionOutput(BaseOutput):
+    """The noise at the inversion depth, and every latent on the way there (``path[0]`` is the images)."""
+
+    latents: torch.Tensor
+    path: list[torch.Tensor]
+
+
+class CounterfactualPipeline(DiffusionPipeline):
+    """Edits attributes of images with a cfgen generator: ``invert`` (abduction) and ``__call__`` (all three steps).
+
+    Components: the UNet, the attribute encoder, a DDIM scheduler and its inverse. The configuration
+    holds the variables (``schema``), the image format, how continuous values are standardised, and
+    the inference settings chosen on validation data (``cfgen tune-inference``).
+    """
+
+    model_cpu_offload_seq = "attribute_encoder->unet"
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        attribute_encoder: AttributeEncoder,
+        scheduler: DDIMScheduler,
+        inverse_scheduler: DDIMInverseScheduler,
+        schema: dict | None = None,
+        image_format: dict | None = None,
+        standardization: dict | None = None,
+        inference: dict | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            unet=unet, attribute_encoder=attribute_encoder, scheduler=scheduler, inverse_scheduler=inverse_scheduler
+        )
+        self.register_to_config(
+            schema=schema, image_format=image_format, standardization=standardization or {}, inference=inference or {}
+        )
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False)
+
+    @classmethod
+    def from_generator(cls, generator: Generator) -> "CounterfactualPipeline":
+        """The pipeline of a generator in memory (trained, or read with ``Generator.load``)."""
+        return cls(
+            generator.unet,
+            generator.encoder,
+            DDIMScheduler.from_config(generator.scheduler.config, **DDIM_OPTIONS),
+            DDIMInverseScheduler.from_config(generator.scheduler.config, **DDIM_OPTIONS),
+            schema=generator.schema.to_dict(),
+            image_format={"size": list(generator.image_format.size), "mode": generator.image_format.mode},
+            standardization=generator.standardization,
+            inference=generator.inference,
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "CounterfactualPipeline":
+        """A generator folder of any cfgen version, including those written before it had a model_index.json."""
+        return cls.from_generator(Generator.load(folder))
+
+    @property
+    def model(self) -> Generator:
+        """The generator the components make up: noise prediction, guidance and condition rows."""
+        return Generator(
+            self.unet,
+            self.attribute_encoder,
+            self.scheduler,
+            Schema.from_dict(self.config.schema),
+            ImageFormat(tuple(self.config.image_format["size"]), self.config.image_format["mode"]),
+            inference=dict(self.config.inference),
+            standardization=dict(self.config.standardization),
+        )
+
+    # ---- the building blocks, on tensors: images in [-1, 1], (B, V) condition rows ----
+
+    def schedule_length(self, settings: InferenceSettings) -> int:
+        """Steps over the whole noise range whose first ``settings.steps`` reach ``inversion_depth``."""
+        train_steps = self.scheduler.config.num_train_timesteps
+        total = max(settings.steps, round(settings.steps / settings.inversion_depth))
+        if total > train_steps:
+            raise CfgenError(
+                f"--steps {settings.steps} at --inversion-depth {settings.inversion_depth} needs {total} steps "
+                f"over the noise range, more than the {train_steps} the generator was trained with; use fewer steps"
+            )
+        return total
+
+    def inversion_timesteps(self, settings: InferenceSettings) -> torch.Tensor:
+        """The timesteps DDIM inversion visits, in order; decoding visits them backwards."""
+        self.inverse_scheduler.set_timesteps(self.schedule_length(settings))
+        return self.inverse_scheduler.timesteps[: settings.steps]
+
+    @torch.inference_mode()
+    def inversion_path(
+        self, images: torch.Tensor, factual: torch.Tensor, settings: InferenceSettings
+    ) -> list[torch.Tensor]:
+        """Abduction, keeping the way: [images, the latent after each inversion step, ..., the noise]."""
+        model = self.model
+        path = [images]
+        for t in self.inversion_timesteps(settings):
+            noise = model.predict_noise(path[-1], t, factual).to(images.dtype)
+            path.append(self.inverse_scheduler.step(noise, int(t), path[-1]).prev_sample)
+        return path
+
+    @torch.inference_mode()
+    def edit_mask(
+        self, path: list[torch.Tensor], factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
+    ) -> torch.Tensor:
+        """(B, 1, H, W), 1 where the edit may change the image: where the noise predicted under the target
+        values differs from that under the factual ones, summed along the source's inversion path,
+        smoothed, split from the rest by Otsu's threshold (per image) and grown by a pixel.
+
+        The model's own answer to "what does this attribute change?": no knowledge of the images.
+        """
+        model = self.model
+        difference = torch.zeros_like(path[0][:, :1], dtype=torch.float32)
+        for latent, t in zip(path[1:], self.inversion_timesteps(settings), strict=True):
+            predicted = model.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
+            before, after = predicted.float().chunk(2)
+            difference += (after - before).abs().mean(1, keepdim=True)
+        smooth = F.avg_pool2d(difference, 3, stride=1, padding=1, count_include_pad=False)
+        return F.max_pool2d((smooth > otsu_threshold(smooth)).float(), 3, stride=1, padding=1)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        path: list[torch.Tensor],
+        target: torch.Tensor,
+        settings: InferenceSettings,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Prediction: DDIM from the path's noise to an image under ``target``, guided per attribute.
+
+        With a ``mask``, each step's result outside it is replaced by the source's latent at the same
+        noise level, so what the edit must not touch ends as it was.
+        """
+        model = self.model
+        self.scheduler.set_timesteps(self.schedule_length(settings))
+        sample = path[-1]
+        for step, t in enumerate(self.scheduler.timesteps[-settings.steps :]):
+            eps = model.guided_noise(sample, t, target, settings.guidance).to(sample.dtype)
+            sample = self.scheduler.step(eps, int(t), sample, eta=0.0).prev_sample
+            if mask is not None:
+                sample = torch.lerp(path[settings.steps - 1 - step], sample, mask.to(sample.dtype))
+        return sample
+
+    def edit(
+        self, path: list[torch.Tensor], factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
+    ) -> torch.Tensor:
+        """Action and prediction from a source's inversion path, within the model's own mask when localized."""
+        mask = self.edit_mask(path, factual, target, settings) if settings.localize else None
+        return self.decode(path, target, settings, mask)
+
+    # ---- what users call: images, rows of values and an intervention in ----
+
+    def prepare_images(self, images: ImageInput) -> torch.Tensor:
+        """PIL images (or a (B, C, H, W) tensor in [0, 1]) in the generator's format, as a tensor in [-1, 1]."""
+        expected = ImageFormat(tuple(self.config.image_format["size"]), self.config.image_format["mode"])
+        if isinstance(images, PIL.Image.Image):
+            images = [images]
+        if not isinstance(images, torch.Tensor):
+            found = {(image.size, image.mode) for image in images} - {(expected.size, expected.mode)}
+            if found:
+                (width, height), mode = next(iter(found))
+                raise CfgenError(
+                    f"images are {width}x{height} {mode}; this generator works on "
+                    f"{expected.size[0]}x{expected.size[1]} {expected.mode} images: convert them first"
+                )
+        tensor = self.image_processor.preprocess(images)
+        if tensor.shape[1:] != (expected.channels, expected.size[1], expected.size[0]):
+            raise CfgenError(f"images of shape {tuple(tensor.shape[1:])} do not match this generator's {expected}")
+        return tensor.to(self._execution_device, self.unet.dtype)
+
+    def factual_rows(self, factual: Sequence[dict[str, Any]] | MetadataTable) -> list[dict[str, str]]:
+        """One dict of values per image, from dicts or from the rows of a dataset table."""
+        if isinstance(factual, MetadataTable):
+            names = [name for name in self.model.schema.names if name in factual.columns]
+            return [{name: str(factual.columns[name][i]) for name in names} for i in range(len(factual))]
+        return [{name: str(value) for name, value in row.items()} for row in factual]
+
+    def prepare_conditions(self, rows: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """(B, V) condition rows from one dict of values per image (every variable the generator knows)."""
+        model = self.model
+        names = model.schema.names
+        conditions = []
+        for row in rows:
+            missing = [name for name in names if name not in row]
+            if missing:
+                raise CfgenError(f"a factual row lacks {missing[0]!r}; give every variable: {', '.join(names)}")
+            conditions.append([model.condition_value(name, str(row[name])) for name in names])
+        return torch.tensor(conditions, dtype=torch.float32, device=self._execution_device)
+
+    def invert(
+        self,
+        images: ImageInput,
+        factual: Sequence[dict[str, Any]] | MetadataTable,
+        steps: int | None = None,
+        inversion_depth: float | None = None,
+    ) -> CounterfactualInversionOutput:
+        """Abduction alone: the noise at ``inversion_depth`` that decodes to ``images`` under ``factual``."""
+        settings = settings_for(self.model, (), steps, inversion_depth)
+        rows = self.prepare_conditions(self.factual_rows(factual))
+        path = self.inversion_path(self.prepare_images(images), rows, settings)
+        return CounterfactualInversionOutput(latents=path[-1], path=path)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        images: ImageInput,
+        factual: Sequence[dict[str, Any]] | MetadataTable,
+        intervention: str | dict[str, str],
+        steps: int | None = None,
+        inversion_depth: float | None = None,
+        guidance: str | float | None = None,
+        localize: bool | None = None,
+        seed: int = 0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> CounterfactualPipelineOutput | tuple:
+        """Edit each image (PIL, or a tensor in [0, 1]) given its factual values (dicts, or a dataset's rows)
+        as ``intervention`` says: ``"fg_color=green"``, ``{"fg_color": "green"}``,
+        ``"fg_color=random"`` (another value per image, drawn from ``seed``) or ``"fg_color=*"`` (every
+        other value). Unset settings are those chosen on validation data for the edited attributes."""
+        model = self.model
+        # 1. Check and encode the inputs: images in [-1, 1], the factual values as condition rows
+        source_images = self.prepare_images(images)
+        factual = self.factual_rows(factual)
+        factual_rows = self.prepare_conditions(factual)
+        if len(factual_rows) != len(source_images):
+            raise CfgenError(f"{len(source_images)} images but {len(factual_rows)} rows of factual values")
+        if isinstance(intervention, dict):
+            intervention = ",".join(f"{name}={value}" for name, value in intervention.items())
+        parsed: Intervention = parse_intervention(intervention, model.schema)
+
+        # 2. Action: the values each counterfactual sets, and its condition row
+        rng = np.random.default_rng(seed)
+        sources, values = [], []
+        for k, row in enumerate(factual):
+            for target in parsed.targets(model.schema, row, rng):
+                sources.append(k)
+                values.append(target)
+        target_rows = factual_rows[sources].clone()
+        for k, target in enumerate(values):
+            for name, value in target.items():
+                target_rows[k, model.schema.names.index(name)] = model.condition_value(name, value)
+
+        # 3. The inference settings: those given, else those chosen for the edited attributes
+        weights = None if guidance is None else str(guidance)
+        settings = settings_for(model, parsed.attributes, steps, inversion_depth, weights, localize)
+
+        # 4. Abduction: invert each source image once, along its path
+        path = [latent[sources] for latent in self.inversion_path(source_images, factual_rows, settings)]
+
+        # 5. Prediction: decode under the target values (within the model's own mask when localized)
+        edited = self.edit(path, factual_rows[sources], target_rows, settings)
+
+        # 6. Post-process
+        edited = self.image_processor.postprocess(edited.float(), output_type=output_type)
+        if output_type == "pil" and model.image_format.mode != "RGB":
+            edited = [image.convert(model.image_format.mode) for image in edited]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return edited, values, sources
+        return CounterfactualPipelineOutput(images=edited, values=values, sources=sources)
+
+
+def save_generator(generator: Generator, folder: str | Path) -> None:
+    """Write a generator folder: the pipeline (model_index.json and a folder per component), its model
+    card, then cfgen_generator.json, last, which marks a complete folder and keeps the training record."""
+    folder = Path(folder)
+    CounterfactualPipeline.from_generator(generator).save_pretrained(folder)
+    (folder / "README.md").write_text(model_card(generator))
+    generator.save_record(folder)
+
+
+def model_card(generator: Generator) -> str:
+    """README.md of a generator folder: what it was trained on and how, and how to use it."""
+    training = generator.training
+    data = training.get("data", {})
+    variables = "\n".join(
+        f"| {v.name} | {'label' if v is generator.schema.label else 'attribute'} | {v.kind} | "
+        f"{', '.join(v.values) if v.is_discrete else 'standardised number'} |"
+        for v in generator.schema.variables
+    )
+    (width, height), mode = generator.image_format.size, generator.image_format.mode
+    return f"""---
+library_name: diffusers
+tags: [cfgen, counterfactuals, diffusion]
+---
+
+# cfgen counterfactual generator
+
+Edits the attributes of {width}x{height} {mode} images: DDIM inversion under the factual values, decoding
+under the intervened ones with classifier-free guidance per attribute (`CounterfactualPipeline`).
+
+```python
+import cfgen.generator.pipeline  # registers the pipeline class with diffusers
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")
+out = pipe(images, factual_rows, "{generator.schema.attributes[0].name}=random")  # out.images, out.values
+```
+
+## Data
+
+{data.get("images", "?")} images of the `{data.get("split", "?")}` split of `{data.get("path", "?")}`.
+
+| variable | role | kind | values |
+|---|---|---|---|
+{variables}
+
+## Training
+
+{training.get("architecture", "?")} UNet, {training.get("steps", "?")} steps at an effective batch of
+{training.get("effective_batch_size", "?")} ({training.get("mixed_precision", "?")} precision,
+{training.get("seconds", "?")} s), deconfounding: {", ".join(training.get("deconfound", [])) or "none"}.
+The full record is `cfgen_generator.json` (`training`).
+
+## Quality
+
+Not measured by training. `cfgen evaluate-counterfactuals` scores a counterfactual folder
+(effectiveness, preservation, error to exact counterfactuals where they exist), and
+`cfgen tune-inference` chooses the inference settings on validation data
+(chosen: {json.dumps(generator.inference.get("attributes", {})) or "none yet"}).
+"""
+
+
+def store_inference(folder: str | Path, inference: dict[str, Any]) -> None:
+    """Make ``inference`` the saved defaults of a generator folder, in both records, each atomically."""
+    folder = Path(folder)
+    for name in (PIPELINE_INDEX, CONFIG_FILE):
+        path = folder / name
+        if path.is_file():
+            config = json.loads(path.read_text())
+            config["inference"] = inference
+            partial = folder / f".{name}.partial"
+            partial.write_text(json.dumps(config, indent=2) + "\n")
+            os.replace(partial, path)
+    (folder / "README.md").write_text(model_card(Generator.load(folder)))
+
+
+# DiffusionPipeline.from_pretrained finds a pipeline class by its name in the diffusers namespace.
+diffusers.CounterfactualPipeline = CounterfactualPipeline
