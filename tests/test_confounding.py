@@ -407,3 +407,15 @@ def test_a_variable_with_one_observed_value_is_refused():
     schema = Schema(Attribute("y", "binary", ("a", "b")), (Attribute("flag", "binary", ("x", "y")),))
     with pytest.raises(CfgenError, match="'flag' takes the single value 'x'"):
         measure(table, schema)
+
+
+def test_the_bootstrap_shows_its_progress_and_does_not_change_the_figures(capsys) -> None:
+    rng = np.random.default_rng(3)
+    label, color = sample_joint(DEPENDENT, 500, seed=2)
+    table = make_table(y=named(label, "c"), color=named(color, "k"), size=label + rng.normal(0, 1, 500))
+    quiet = run(table, "y", ["color", "size"])
+    capsys.readouterr()
+    shown = run(table, "y", ["color", "size"], progress=True)
+    err = capsys.readouterr().err
+    assert "bootstrap, pair by pair" in err and "bootstrap, continuous pairs" in err
+    assert shown == quiet

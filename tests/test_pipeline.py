@@ -1,9 +1,16 @@
-"""``cfgen pipeline``: every stage end to end (tiny preset), its report, and its refusals."""
+"""``cfgen pipeline``: every stage end to end (tiny preset), its report, and its refusals. The run is made
+by cfgen installed from a wheel into a fresh virtual environment, as a user without the repository
+would install it: the package carries its data."""
 
 import json
+import os
+import subprocess
+import sys
+import venv
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from cfgen.cli import main
 from cfgen.generator.training import PRESETS as GENERATOR_PRESETS
@@ -13,13 +20,49 @@ from cfgen.runtime import resolve_mixed_precision
 pytestmark = pytest.mark.trains
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(root / "cache"))  # judges are cached per user otherwise
-        assert main(["pipeline", "--preset", "tiny", "--out", str(root / "run")]) == 0
+def wheel_cfgen(tmp_path_factory: pytest.TempPathFactory):
+    """``cfgen`` from a wheel (built with the installed setuptools, no network) in a virtual environment
+    that reuses this one's packages (torch and the rest), run from outside the repository."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(root / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = (root / "dist").glob("cfgen-*.whl")
+    venv.create(root / "env", system_site_packages=True, with_pip=True)
+    python = root / "env" / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    # the judges are cached per user otherwise; the system's editable cfgen must not win over the wheel
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(root / "cache")}
+    env.pop("PYTHONPATH", None)
+
+    def cfgen(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([python, "-m", "cfgen", *argv], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+
+    where = subprocess.run([python, "-c", "import cfgen; print(cfgen.__file__)"], cwd=root, env=env,
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert str(root / "env") in where
+    return cfgen, root
+
+
+@pytest.fixture(scope="module")
+def run_dir(wheel_cfgen) -> Path:
+    cfgen, root = wheel_cfgen
+    result = cfgen("pipeline", "--preset", "tiny", "--out", "run")
+    assert result.returncode == 0, result.stderr[-2000:]
     return root / "run"
+
+
+def test_the_wheel_builds_the_builtin_data(wheel_cfgen) -> None:
+    cfgen, root = wheel_cfgen
+    result = cfgen("make-dataset", "colored-mnist", "--out", "digits", "--train-size", "100", "--validation-size",
+                   "0", "--test-size", "20", "--test-anti-size", "0")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((root / "digits" / "images").iterdir())) == 120
 
 
 def test_every_stage_writes_its_part(run_dir: Path) -> None:
@@ -58,6 +101,16 @@ def test_metrics_and_report(run_dir: Path) -> None:
     assert {"digit", "thickness", "fg_color", "bg_color"} <= set(accuracy)
     judged = ", ".join(f"{name} at {value:.3f}" for name, value in accuracy.items())
     assert f"The judges read the source images' {judged}" in report and "| stroke IoU |" in report
+    quality = metrics["counterfactual_quality"]["all"]
+    kept = quality["preservation"]  # per attribute: the edited one reached, every other kept
+    assert "| " + " | ".join(["fg_color", *kept]) + " |" in report
+    cells = [f"reached {quality['effectiveness']['fg_color']:.3f}", *(f"kept {value:.3f}" for value in kept.values())]
+    assert "| " + " | ".join(cells) + " |" in report
+    for group in ("rare", "absent"):  # listed only when they are a part of the edits, not none or all
+        rows = metrics["counterfactual_quality"][group]["rows"]
+        assert (f"| {group} edits (" in report) == (0 < rows < quality["rows"])
+    assert "![examples](examples.png)" in report
+    assert Image.open(run_dir / "examples.png").size[0] >= 8 * 4 * 28  # eight sources, at least 4x their 28 px
     assert 0.0 <= metrics["counterfactual_quality"]["all"]["stroke_iou"] <= 1.0
     generated = json.loads((run_dir / "counterfactuals" / "run.json").read_text())["config"]
     assert generated["inversion_depth"] == chosen["inversion_depth"]

@@ -15,6 +15,7 @@ chunk of resamples.
 from collections.abc import Callable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from cfgen.confounding.statistics import correlation_ratio, weighted_pearson
 
@@ -57,6 +58,7 @@ def row_replicates(
     n_bootstrap: int,
     max_rows: int,
     rng: np.random.Generator,
+    progress: bool = False,
 ) -> tuple[float, dict[Pair, tuple[float, np.ndarray]]]:
     """Per pair: the statistic on the subsample and its replicates; also sqrt(m / n).
 
@@ -68,9 +70,11 @@ def row_replicates(
     rows = rng.choice(n, size=m, replace=False) if m < n else np.arange(n)
     sums = _PairSums({name: column[rows] for name, column in columns.items()}, group_sizes, pairs)
     point = sums.statistics(np.ones((1, m), dtype=MATMUL_DTYPE))
-    chunks = [
-        sums.statistics(_resample_weights(rng, size, m)) for size in _chunks(n_bootstrap, max(1, CHUNK_VALUES // m))
-    ]
+    per_chunk = max(1, CHUNK_VALUES // m)
+    sizes = tqdm(
+        list(_chunks(n_bootstrap, per_chunk)), desc="bootstrap, continuous pairs", disable=not progress, leave=False
+    )
+    chunks = [sums.statistics(_resample_weights(rng, size, m)) for size in sizes]
     replicates = {pair: (float(point[pair][0]), np.concatenate([c[pair] for c in chunks])) for pair in pairs}
     return float(np.sqrt(m / n)), replicates
 

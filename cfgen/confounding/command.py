@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> None:
         min_group_size=args.min_group_size,
         seed=args.seed,
         overwrite=args.overwrite,
+        progress=True,
     )
     print(format_report(report))
     print(f"\nwrote {args.out}/confounding.json and confounding.png")
@@ -63,6 +64,7 @@ def measure_folders(
     min_group_size: int = 10,
     seed: int = 0,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Measure the joined folders (optionally against reference folders) and write the report to ``out``."""
     out = Path(out)
@@ -77,7 +79,7 @@ def measure_folders(
     schema = table.schema(label, attributes, kinds)
     if check_images:
         scan_images(table)
-    report = measure(table, schema, **settings)
+    report = measure(table, schema, **settings, progress=progress)
     report["data"] = [str(folder) for folder in data]
     if reference:
         reference_table = rows(reference)
@@ -85,7 +87,7 @@ def measure_folders(
         reference_schema = reference_table.schema(schema.label.name, names, kinds)
         if check_images:
             scan_images(reference_table)
-        reference_report = measure(reference_table, reference_schema, **settings)
+        reference_report = measure(reference_table, reference_schema, **settings, progress=progress)
         reference_report["data"] = [str(folder) for folder in reference]
         report = compare(report, reference_report)
     with atomic_output_dir(out, overwrite) as staging:

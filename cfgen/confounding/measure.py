@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 from scipy.stats import chi2_contingency, f_oneway, pearsonr, spearmanr
 from scipy.stats.contingency import association
+from tqdm.auto import tqdm
 
 from cfgen.confounding.bootstrap import row_replicates, table_replicates
 from cfgen.confounding.statistics import (
@@ -39,6 +40,7 @@ def measure(
     seed: int = 0,
     min_group_size: int = 10,
     max_bootstrap_rows: int = 50_000,
+    progress: bool = False,
 ) -> dict:
     """How strongly the label and attributes move together, as a JSON-able report.
 
@@ -63,7 +65,7 @@ def measure(
     bins = {v.name: v.num_values if v.is_discrete else NMI_BINS for v in variables}
     pairs = [(a.name, b.name) for i, a in enumerate(variables) for b in variables[i + 1 :]]
     tables, entries = {}, {}
-    for a, b in pairs:
+    for a, b in tqdm(pairs, desc="bootstrap, pair by pair", disable=not progress, leave=False):
         va, vb = by_name[a], by_name[b]
         if va.is_discrete and vb.is_discrete:
             tables[a, b] = contingency(codes[a], codes[b], va.num_values, vb.num_values)
@@ -95,6 +97,7 @@ def measure(
             n_bootstrap,
             max_bootstrap_rows,
             np.random.default_rng([seed, 0]),
+            progress,
         )
         for pair in row_pairs:
             entry = entries[pair]

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torchvision
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
+from matplotlib.figure import Figure
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -295,7 +295,7 @@ def generate_counterfactuals(
         for leftover in (staging / image_name(0)).parent.glob(".*.tmp"):
             leftover.unlink()  # temporary files of an interrupted run
         write_counterfactual_folder(staging, data, table, requests, intervention, generator=source.name)
-        write_example_grid(staging, table, requests)
+        write_example_grid(staging, data)
         (staging / SETTINGS_FILE).unlink()
         run_config = {**record, "batch_size": batch_size, "processes": state.num_processes}
         write_run_record(staging, run_config, seed, record.get("mixed_precision"))
@@ -366,25 +366,56 @@ def _write_atomically(path: Path, write: Any) -> None:
     os.replace(temporary, path)
 
 
-def write_example_grid(folder: Path, table: MetadataTable, requests: Sequence[Request]) -> Path:
-    """A PNG whose first row holds source images and the rows below their counterfactuals, in plan order."""
-    by_row: dict[int, list[int]] = {}
-    for i, request in enumerate(requests):
-        if request.row in by_row or len(by_row) < GRID_SOURCES:
-            by_row.setdefault(request.row, []).append(i)
-    with Image.open(folder / image_name(0)) as first:
-        image_format = ImageFormat(first.size, first.mode)
-    sources = load_images(table.image_paths[list(by_row)], image_format)
-    depth = min(GRID_COUNTERFACTUALS, max(len(indices) for indices in by_row.values()))
-    blank = np.full_like(sources[0], 255)
-    rows = [list(sources)]
+def write_example_grid(folder: Path, data: Path, exact: Path | None = None, out: Path | None = None) -> Path:
+    """A picture of a counterfactual folder (``folder/examples.png`` unless ``out``): up to 8 source images
+    (top row) and their counterfactuals below, each captioned with the values it set, with the exact
+    counterfactual of each edit above it when an ``exact`` folder of the same edits is given. Small images
+    are drawn at least 4x larger, without smoothing, so that edits can be seen."""
+    cf = read_imagefolder(folder)
+    source_rows = cf.column("cf_source_row")
+    sources = list(dict.fromkeys(source_rows))[:GRID_SOURCES]
+    of_source = {source: np.flatnonzero(source_rows == source)[:GRID_COUNTERFACTUALS] for source in sources}
+    truth = {}
+    if exact is not None:
+        reference = read_imagefolder(exact)
+        keys = zip(reference.column("cf_source_row"), reference.column("cf_counterfactual"), strict=True)
+        truth = {key: path for key, path in zip(keys, reference.image_paths, strict=True)}
+    image_format = check_images(cf.select(np.arange(1)))
+    depth = max(len(rows) for rows in of_source.values())
+    kinds = ["exact", "edit"] if truth else ["edit"]
+    lines = max(value.count(",") + 1 for value in cf.column("cf_counterfactual"))  # one caption line per value
+    tile = max(image_format.size[0], min(4 * image_format.size[0], 256)) / 100  # inches at 100 dpi
+    shape = (1 + depth * len(kinds), len(sources))
+    figure = Figure(figsize=(max(tile, 1.2) * shape[1], (tile + 0.15 * lines + 0.2) * shape[0]), dpi=100)
+    axes = figure.subplots(*shape, squeeze=False)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_axis_off()
+
+    def draw(axis, path: str, caption: str) -> None:
+        image = load_images(np.array([path]), image_format)[0]
+        axis.set_axis_on()
+        axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
+                    interpolation="nearest")  # fmt: skip
+        axis.set_xlabel(caption, fontsize=7)
+
+    for column, source in enumerate(sources):
+        first = of_source[source][0]
+        draw(axes[0, column], str(data / cf.column("cf_source")[first]), f"row {source}")
+        for k, row in enumerate(of_source[source]):
+            target = cf.column("cf_counterfactual")[row]
+            caption = target.replace(",", "\n")
+            if truth and (source, target) in truth:
+                draw(axes[1 + k * 2, column], truth[source, target], caption)
+            draw(axes[1 + k * len(kinds) + len(kinds) - 1, column], cf.image_paths[row], caption)
+    axes[0, 0].set_ylabel("source", fontsize=8)
     for k in range(depth):
-        paths = [folder / image_name(indices[k]) if k < len(indices) else None for indices in by_row.values()]
-        rows.append([load_images(np.array([p]), image_format)[0] if p else blank for p in paths])
-    tiles = torch.from_numpy(np.stack([tile for row in rows for tile in row])).permute(0, 3, 1, 2)
-    grid = torchvision.utils.make_grid(tiles, nrow=len(by_row), padding=2, pad_value=255)
-    path = folder / GRID_FILE
-    _save_png(grid.permute(1, 2, 0).numpy(), path)
+        for j, kind in enumerate(kinds):
+            axes[1 + k * len(kinds) + j, 0].set_ylabel(f"{kind} {k + 1}" if depth > 1 else kind, fontsize=8)
+    figure.tight_layout()
+    path = out or folder / GRID_FILE
+    figure.savefig(path)
     return path
 
 
