@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from tqdm.auto import tqdm
@@ -366,11 +367,38 @@ def _write_atomically(path: Path, write: Any) -> None:
     os.replace(temporary, path)
 
 
+def labelled_grid(cells: list[list[tuple[np.ndarray, str] | None]], row_labels: list[str]) -> np.ndarray:
+    """An RGB picture of rows of (image, caption) cells, each row labelled on the left; small images are
+    drawn at least 4x larger, without smoothing, so that a person can see what an edit did."""
+    first = next(cell for row in cells for cell in row if cell is not None)[0]
+    lines = max(cell[1].count("\n") + 1 for row in cells for cell in row if cell is not None)
+    tile = max(first.shape[1], min(4 * first.shape[1], 256)) / 100  # inches at 100 dpi
+    columns = max(len(row) for row in cells)
+    figure = Figure(figsize=(max(tile, 1.2) * columns, (tile + 0.15 * lines + 0.2) * len(cells)), dpi=100)
+    axes = figure.subplots(len(cells), columns, squeeze=False)
+    for axes_row, row, label in zip(axes, cells, row_labels, strict=True):
+        for axis, cell in zip(axes_row, [*row, *[None] * (columns - len(row))], strict=True):
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if cell is None:
+                axis.set_axis_off()
+                continue
+            image, caption = cell
+            axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
+                        interpolation="nearest")  # fmt: skip
+            axis.set_xlabel(caption, fontsize=7)
+        axes_row[0].set_axis_on()
+        axes_row[0].set_ylabel(label, fontsize=8)
+    figure.tight_layout()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def write_example_grid(folder: Path, data: Path, exact: Path | None = None, out: Path | None = None) -> Path:
     """A picture of a counterfactual folder (``folder/examples.png`` unless ``out``): up to 8 source images
     (top row) and their counterfactuals below, each captioned with the values it set, with the exact
-    counterfactual of each edit above it when an ``exact`` folder of the same edits is given. Small images
-    are drawn at least 4x larger, without smoothing, so that edits can be seen."""
+    counterfactual of each edit above it when an ``exact`` folder of the same edits is given."""
     cf = read_imagefolder(folder)
     source_rows = cf.column("cf_source_row")
     sources = list(dict.fromkeys(source_rows))[:GRID_SOURCES]
@@ -381,41 +409,31 @@ def write_example_grid(folder: Path, data: Path, exact: Path | None = None, out:
         keys = zip(reference.column("cf_source_row"), reference.column("cf_counterfactual"), strict=True)
         truth = {key: path for key, path in zip(keys, reference.image_paths, strict=True)}
     image_format = check_images(cf.select(np.arange(1)))
+
+    def cell(path: str, caption: str) -> tuple[np.ndarray, str]:
+        return load_images(np.array([path]), image_format)[0], caption
+
     depth = max(len(rows) for rows in of_source.values())
     kinds = ["exact", "edit"] if truth else ["edit"]
-    lines = max(value.count(",") + 1 for value in cf.column("cf_counterfactual"))  # one caption line per value
-    tile = max(image_format.size[0], min(4 * image_format.size[0], 256)) / 100  # inches at 100 dpi
-    shape = (1 + depth * len(kinds), len(sources))
-    figure = Figure(figsize=(max(tile, 1.2) * shape[1], (tile + 0.15 * lines + 0.2) * shape[0]), dpi=100)
-    axes = figure.subplots(*shape, squeeze=False)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
-        axis.set_axis_off()
-
-    def draw(axis, path: str, caption: str) -> None:
-        image = load_images(np.array([path]), image_format)[0]
-        axis.set_axis_on()
-        axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
-                    interpolation="nearest")  # fmt: skip
-        axis.set_xlabel(caption, fontsize=7)
-
-    for column, source in enumerate(sources):
-        first = of_source[source][0]
-        draw(axes[0, column], str(data / cf.column("cf_source")[first]), f"row {source}")
-        for k, row in enumerate(of_source[source]):
-            target = cf.column("cf_counterfactual")[row]
-            caption = target.replace(",", "\n")
-            if truth and (source, target) in truth:
-                draw(axes[1 + k * 2, column], truth[source, target], caption)
-            draw(axes[1 + k * len(kinds) + len(kinds) - 1, column], cf.image_paths[row], caption)
-    axes[0, 0].set_ylabel("source", fontsize=8)
+    cells: list[list[tuple[np.ndarray, str] | None]] = [
+        [cell(str(data / cf.column("cf_source")[of_source[source][0]]), f"row {source}") for source in sources]
+    ]
+    labels = ["source"]
     for k in range(depth):
-        for j, kind in enumerate(kinds):
-            axes[1 + k * len(kinds) + j, 0].set_ylabel(f"{kind} {k + 1}" if depth > 1 else kind, fontsize=8)
-    figure.tight_layout()
+        for kind in kinds:
+            row = []
+            for source in sources:
+                if k >= len(of_source[source]):
+                    row.append(None)
+                    continue
+                index = of_source[source][k]
+                target = cf.column("cf_counterfactual")[index]
+                path = cf.image_paths[index] if kind == "edit" else truth.get((source, target))
+                row.append(None if path is None else cell(path, target.replace(",", "\n")))
+            cells.append(row)
+            labels.append(f"{kind} {k + 1}" if depth > 1 else kind)
     path = out or folder / GRID_FILE
-    figure.savefig(path)
+    Image.fromarray(labelled_grid(cells, labels)).save(path)
     return path
 
 

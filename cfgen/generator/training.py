@@ -61,6 +61,7 @@ from cfgen.generator.deconfounding import (
     reweight_weights,
     train_judges,
 )
+from cfgen.generator.generation import labelled_grid
 from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings
 from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
 from cfgen.generator.pipeline import CounterfactualPipeline, save_generator
@@ -739,19 +740,29 @@ def preview_setup(
 def preview_grid(
     generator: Generator, images: torch.Tensor, conditions: torch.Tensor, edits: list[tuple[str, torch.Tensor]]
 ) -> np.ndarray:
-    """Rows: the originals, their reconstruction (inverted and decoded under their own conditions), then
-    one row of counterfactuals per edit, made as ``cfgen generate`` makes them with its default settings."""
+    """Labelled rows: the originals (captioned with their label), their reconstruction (inverted and decoded
+    under their own conditions), then one row of counterfactuals per edit, each captioned with the value it
+    set, made as ``cfgen generate`` makes them with its default settings."""
+    schema = generator.schema
     pipeline = CounterfactualPipeline.from_generator(generator)
     path = pipeline.inversion_path(images, conditions, InferenceSettings())
-    rows = [images, pipeline.decode(path, conditions, InferenceSettings())]
+
+    def captions(name: str, rows: torch.Tensor) -> list[str]:
+        values = schema[name].values
+        return [f"{name}={values[int(code)]}" for code in rows[:, schema.names.index(name)]]
+
+    rows = [(images, captions(schema.label.name, conditions), "source"),
+            (pipeline.decode(path, conditions, InferenceSettings()), [""] * len(images), "reconstruction")]  # fmt: skip
     for name, target in edits:
-        rows.append(pipeline.decode(path, target, InferenceSettings(guidance={name: DEFAULT_GUIDANCE})))
-    return np.concatenate([np.concatenate(list(to_uint8(row)), axis=1) for row in rows], axis=0)
+        edited = pipeline.decode(path, target, InferenceSettings(guidance={name: DEFAULT_GUIDANCE}))
+        rows.append((edited, captions(name, target), f"edit {name}"))
+    cells = [list(zip(to_uint8(tiles), texts, strict=True)) for tiles, texts, _ in rows]
+    return labelled_grid(cells, [label for _, _, label in rows])
 
 
 def save_grid(grid: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    Image.fromarray(grid).save(path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
