@@ -32,7 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "determinism.json"  # one entry per 
 
 def generate(out: Path, args: argparse.Namespace, batch_size: int, processes: int) -> Path:
     command = ["-m", "cfgen", "generate", "--generator", args.generator, "--data", args.data, "--intervene",
-               args.intervene, "--split", "test", "--limit", str(args.limit), "--steps", str(args.steps),
+               args.intervene, "--split", "test", "--limit", str(args.limit), "--ddim-steps", str(args.steps),
                "--batch-size", str(batch_size), "--mixed-precision", "no", "--out", str(out),
                *(["--localize"] if args.localize else [])]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

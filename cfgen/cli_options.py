@@ -1,6 +1,7 @@
 """Argument types and option groups that several subcommands share."""
 
 import argparse
+import sys
 
 from cfgen.data.adapters import FORMATS
 
@@ -37,3 +38,20 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 def add_output_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--out", required=True, help=f"{what} to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+class Renamed(argparse.Action):
+    """An old spelling of a flag: still accepted, hidden from --help, with a note naming the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str, type: type) -> None:
+    """Accept ``old`` for the flag now called ``new`` (one flag name per meaning across commands)."""
+    parser.add_argument(old, dest=dest, type=type, action=Renamed, new=new, default=argparse.SUPPRESS)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cfgen.cli_options import add_renamed
 from cfgen.counterfactual_metrics import (
     DEFAULT_JUDGE_BATCH_SIZE,
     DEFAULT_JUDGE_IMAGES,
@@ -164,7 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="both",
         help="try edits kept within the model's own mask (yes), plain ones (no), or both (default)",
     )
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps each way (default %(default)s)")
+    parser.add_argument(
+        "--ddim-steps", dest="steps", type=int, default=DEFAULT_STEPS, help="DDIM steps each way (default %(default)s)"
+    )
+    add_renamed(parser, "--steps", "--ddim-steps", dest="steps", type=int)
     parser.add_argument("--sources", type=int, default=DEFAULT_SOURCES, help="images edited (default %(default)s)")
     parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS, help="default %(default)s")
     parser.add_argument("--judge-batch-size", type=int, default=DEFAULT_JUDGE_BATCH_SIZE)

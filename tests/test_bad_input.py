@@ -118,10 +118,10 @@ COMMANDS: dict[str, Callable[..., list[str]]] = {
                                          "color,size", "--kinds", "size=categorical", "--method", "erm",
                                          "--epochs", "1", "--out", o, "--mixed-precision", "no"],
     "generate": lambda d, o, f: ["generate", "--generator", str(f["generator"]), "--data", str(d),
-                                 "--intervene", "color=*", "--out", o, "--steps", "2", "--limit", "4",
+                                 "--intervene", "color=*", "--out", o, "--ddim-steps", "2", "--limit", "4",
                                  "--mixed-precision", "no"],
     "tune-inference": lambda d, o, f: ["tune-inference", "--generator", str(f["generator"]), "--data", str(d),
-                                       "--sources", "4", "--steps", "2", "--depths", "0.6", "--guidance", "3",
+                                       "--sources", "4", "--ddim-steps", "2", "--depths", "0.6", "--guidance", "3",
                                        "--judge-steps", "2", "--judge-cache", o],
     "evaluate-counterfactuals": lambda d, o, f: ["evaluate-counterfactuals", "--counterfactuals",
                                                  str(f["counterfactuals"]), "--data", str(d), "--out", o,
@@ -225,7 +225,7 @@ def test_divergence_stops_training_and_leaves_nothing(good, tmp_path, capsys) ->
     """A learning rate that sends the weights to infinity: one error naming the step, no folder, no NaN saved."""
     for argv in (
         [*COMMANDS["train-generator"](good, str(tmp_path / "gen"), {}), "--learning-rate", "1e20", "--steps", "8"],
-        [*COMMANDS["train-classifier"](good, str(tmp_path / "clf"), {}), "--lr", "1e20", "--epochs", "3"],
+        [*COMMANDS["train-classifier"](good, str(tmp_path / "clf"), {}), "--learning-rate", "1e20", "--epochs", "3"],
     ):
         assert_refused(argv, "training diverged at step", capsys, tmp_path, good)
 

@@ -1,5 +1,6 @@
-"""The command line: make-dataset, measure in compare mode, and the top-level script's exit codes."""
+"""The command line: make-dataset, measure in compare mode, the top-level script's exit codes, flag names."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -39,3 +40,20 @@ def test_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_one_flag_name_per_meaning_old_spellings_still_read(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    assert main(["make-dataset", "colored-mnist", "--out", str(data), *SMALL]) == 0
+    assert main(["measure", "--data", str(data), "--out", str(tmp_path / "m"), "--bootstrap", "10"]) == 0
+    assert main(["measure", str(data), "--data", str(data), "--out", str(tmp_path / "m2")]) == 2
+    assert "give the dataset folder(s) once" in capsys.readouterr().err
+    from cfgen.classifier.command import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--data", str(data), "--method", "erm", "--out", str(tmp_path / "c")]
+    assert config_from_args(parser.parse_args([*base, "--learning-rate", "0.01"])).lr == 0.01
+    assert config_from_args(parser.parse_args([*base, "--lr", "0.02"])).lr == 0.02
+    assert "note: --lr is deprecated; use --learning-rate" in capsys.readouterr().err
+    assert "--lr" not in parser.format_help()

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.trains
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 # the plan most tests generate: one random colour edit for each of the 12 test digits, in batches of 2
-PLAN = ["--intervene", "fg_color=random", "--split", "test", "--steps", "6", "--batch-size", "2"]
+PLAN = ["--intervene", "fg_color=random", "--split", "test", "--ddim-steps", "6", "--batch-size", "2"]
 JUDGE = {"judge_steps": 200, "judge_batch_size": 32, "judge_images": 1000}  # a weak judge, for speed
 
 
@@ -176,7 +176,7 @@ def test_killed_run_resumes_to_the_same_images(dataset: Path, generator: Path, r
     assert 2 <= done < 12 and not out.exists()
 
     # another setting is refused, with the partial run kept
-    assert cli("generate", "--generator", str(generator), "--data", str(dataset), *PLAN, "--steps", "5",
+    assert cli("generate", "--generator", str(generator), "--data", str(dataset), *PLAN, "--ddim-steps", "5",
                "--out", str(out)) == 2  # fmt: skip
     assert len(list(images.glob("*.png"))) == done
     before = {p.name: p.stat().st_mtime_ns for p in images.glob("*.png")}
@@ -246,7 +246,8 @@ def test_exact_generator_through_the_same_command(dataset: Path, tmp_path: Path,
     assert "no exact counterfactual" in capsys.readouterr().err
     assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "fg_color=*",
                "--steps", "3", "--out", str(tmp_path / "b")) == 2  # fmt: skip
-    assert "--steps applies to a trained generator" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the old spelling is still read, with a note
+    assert "note: --steps is deprecated; use --ddim-steps" in err and "--ddim-steps applies to a trained" in err
     assert cli("generate", "--generator", "exact", "--data", str(dataset), "--intervene", "fg_color=*",
                "--split", "test", "--out", str(out)) == 2  # fmt: skip
     assert "already exists" in capsys.readouterr().err
@@ -381,7 +382,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     tuned = tmp_path / "gen"
     shutil.copytree(generator, tuned)
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
-    grid = ["--depths", "0.4,1.0", "--guidance", "0,6", "--localize", "both", "--steps", "4", "--sources", "12", *judge]
+    grid = ["--depths", "0.4,1.0", "--guidance", "0,6", "--localize", "both", "--ddim-steps", "4", "--sources", "12",
+            *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]

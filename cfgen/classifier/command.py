@@ -13,7 +13,7 @@ from accelerate import PartialState
 from cfgen.classifier.config import CF_DISTANCES, CF_LAYERS, METHOD_NAMES, ClassifierConfig, parse_seeds
 from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.training import train_classifiers
-from cfgen.cli_options import add_output_arguments, column_list, kind_overrides
+from cfgen.cli_options import add_output_arguments, add_renamed, column_list, kind_overrides
 from cfgen.data.adapters import FORMATS
 from cfgen.runtime import MIXED_PRECISION_CHOICES, REPORT_TO_CHOICES
 
@@ -42,7 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-weights", help="local ResNet weights (.pth or .safetensors); never downloaded")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
+    parser.add_argument(
+        "--learning-rate",
+        dest="lr",
+        type=float,
+        default=defaults.lr,
+        help=f"AdamW learning rate (default {defaults.lr})",
+    )
+    add_renamed(parser, "--lr", "--learning-rate", dest="lr", type=float)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, one model each (default 0)")
     parser.add_argument(

@@ -10,11 +10,15 @@ from cfgen.confounding.report import compare, format_report, save_report
 from cfgen.data.adapters import open_datasets
 from cfgen.data.images import scan_images
 from cfgen.data.table import MetadataTable
+from cfgen.errors import CfgenError
 from cfgen.io import atomic_output_dir, check_output_dir, write_run_record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="+", help="dataset folder(s); several are joined (e.g. data + counterfactuals)")
+    parser.add_argument(
+        "folders", nargs="*", metavar="DATA", help="dataset folder(s); several are joined (e.g. data + counterfactuals)"
+    )
+    parser.add_argument("--data", nargs="+", help="the same as the DATA folders, as the other commands take them")
     add_output_arguments(parser, "report folder")
     add_dataset_arguments(parser)
     parser.add_argument("--split", help="rows to measure: a split name or 'all' (default: train when present)")
@@ -27,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if bool(args.folders) == bool(args.data):
+        raise CfgenError("give the dataset folder(s) once: as DATA or as --data DATA")
     report = measure_folders(
-        args.data,
+        args.folders or args.data,
         args.out,
         label=args.label,
         attributes=args.attributes,

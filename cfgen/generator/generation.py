@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cfgen.cli_options import add_output_arguments
+from cfgen.cli_options import add_output_arguments, add_renamed
 from cfgen.data import colored_mnist
 from cfgen.data.counterfactuals import image_name, metadata_digest, write_counterfactual_folder
 from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
@@ -251,7 +251,9 @@ def generate_counterfactuals(
         rows = list(range(len(table)) if rows is None else rows)[:limit]
     source: CounterfactualSource
     if str(generator) == EXACT:
-        given = {"--steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance, "--localize": localize}
+        given = {
+            "--ddim-steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance, "--localize": localize
+        }  # fmt: skip
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
             raise CfgenError(f"{extra[0]} applies to a trained generator, not to the exact renderer")
@@ -452,10 +454,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", type=int, help="resize source images to NxN RGB (the generator's size)")
     inference = parser.add_argument_group("trained generators (see docs/generator.md)")
     inference.add_argument(
-        "--steps",
+        "--ddim-steps",
+        dest="steps",
         type=int,
         help=f"DDIM steps each way (default: the generator's, chosen by tune-inference, else {DEFAULT_STEPS})",
     )
+    add_renamed(inference, "--steps", "--ddim-steps", dest="steps", type=int)
     inference.add_argument(
         "--inversion-depth",
         type=float,
