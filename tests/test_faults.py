@@ -53,7 +53,7 @@ def test_a_killed_generator_run_resumes_to_the_uninterrupted_weights(dataset: Pa
     The tolerance is 0: each epoch's batch order follows from its number and the checkpoint holds
     how many batches of it were drawn, so the resumed run sees the same batches and noise.
     """
-    options = {"label": "y", "preset": "tiny", "steps": 24, "checkpoint_every": 4, "mixed_precision": "no"}
+    options = {"label": "y", "preset": "tiny", "steps": 16, "checkpoint_every": 4, "mixed_precision": "no"}
     whole = train_generator(dataset, tmp_path / "whole", **options)
 
     out = tmp_path / "killed"
@@ -69,7 +69,7 @@ def test_a_killed_generator_run_resumes_to_the_uninterrupted_weights(dataset: Pa
 
 
 def test_a_killed_classifier_run_leaves_nothing_and_reruns_to_the_same_model(dataset: Path, tmp_path: Path) -> None:
-    argv = ["train-classifier", "--data", str(dataset), "--label", "y", "--method", "erm", "--epochs", "20",
+    argv = ["train-classifier", "--data", str(dataset), "--label", "y", "--method", "erm", "--epochs", "10",
             "--batch-size", "4", "--mixed-precision", "no"]  # fmt: skip
     whole = tmp_path / "whole"
     assert main([*argv, "--out", str(whole)]) == 0

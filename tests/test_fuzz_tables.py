@@ -70,7 +70,7 @@ def finite_numbers(payload) -> bool:
 
 # capsys is read before and after each example, so its sharing across examples is harmless
 @settings(
-    max_examples=60,
+    max_examples=40,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

@@ -31,10 +31,10 @@ def wheel_cfgen(tmp_path_factory: pytest.TempPathFactory):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(root / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)  # fmt: skip
     (wheel,) = (root / "dist").glob("cfgen-*.whl")
-    venv.create(root / "env", system_site_packages=True, with_pip=True)
+    venv.create(root / "env", system_site_packages=True)  # without pip: this environment's pip installs into it
     python = root / "env" / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], check=True, capture_output=True, timeout=300)  # fmt: skip
     # the judges are cached per user otherwise; the system's editable cfgen must not win over the wheel
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(root / "cache")}
     env.pop("PYTHONPATH", None)
