@@ -147,7 +147,7 @@ DATA_CASES = [
     ("mixed-sizes", resized_image, READ_DATA[1:], "pass --resize"),  # the meter reads no pixels
     ("empty-value", set_value("color", ""), READ_DATA, "missing values"),
     ("nan-value", set_value("y", "NaN"), READ_DATA, "missing values"),
-    ("latin-1", latin_1, READ_DATA, "is not UTF-8 text"),
+    ("latin-1", latin_1, READ_DATA, "is not UTF-8 text: data row 1 holds byte 0xe9"),
     ("infinite-number", set_value("size", "1e400"), ("measure", "train-generator", "generate"),
      "which is not a finite number"),
     ("single-value", lambda f: edit_metadata(f, lambda t: [{**r, "color": "red"} for r in t]),

@@ -81,7 +81,7 @@ def measure_exit(folder: Path, tmp_path: Path, *extra: str) -> int:
         (lambda f: rewrite_metadata(f, lambda rows: [{**r, "shape": "NaN" if i == 7 else r["shape"]}
                                                      for i, r in enumerate(rows)]), "missing values"),
         (lambda f: rewrite_metadata(f, lambda rows: [{**r, "color": "red"} for r in rows]), "single value"),
-        (lambda f: latin_1_metadata(f), "is not UTF-8 text (byte 0xe9 at offset"),
+        (lambda f: latin_1_metadata(f), "is not UTF-8 text: data row 1 holds byte 0xe9"),
     ],
     ids=["no-metadata", "no-file-name", "empty", "missing-image", "corrupt-image", "empty-value", "nan-value",
          "single-value", "latin-1"],

@@ -136,11 +136,18 @@ def open_csv(path: Path) -> Iterator[TextIO]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             yield handle
-    except UnicodeDecodeError as error:
-        raise CfgenError(
-            f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
-            "save it as UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as error:  # located in the whole file, not in the reader's buffer
+            line = raw.count(b"\n", 0, error.start) + 1
+            where = "the header" if line == 1 else f"data row {line - 1}"
+            raise CfgenError(
+                f"{path} is not UTF-8 text: {where} holds byte 0x{raw[error.start]:02x} (offset {error.start}); "
+                "save it as UTF-8"
+            ) from None
+        raise
 
 
 def read_imagefolder(root: str | Path) -> MetadataTable:
