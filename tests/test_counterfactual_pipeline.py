@@ -51,6 +51,7 @@ def test_the_folder_opens_as_a_diffusers_pipeline(generator: Path) -> None:
         assert torch.equal(weight, generic.unet.state_dict()[name])
     card = (generator / "README.md").read_text()
     assert "| color | attribute | categorical | blue, green, red |" in card and "tiny UNet, 4 steps" in card
+    assert "(chosen: none yet)" in card  # not tuned
 
 
 def test_call_makes_the_edits_cfgen_generate_makes(generator: Path, tmp_path: Path) -> None:

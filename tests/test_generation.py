@@ -388,6 +388,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
     assert CounterfactualPipeline.from_pretrained(tuned).config.inference == inference  # both records agree
+    assert f"(chosen: {json.dumps(inference['attributes'])})" in (tuned / "README.md").read_text()  # the card too
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
     assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 12
     for name, scores in inference["selection"]["grid"].items():

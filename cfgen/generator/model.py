@@ -158,16 +158,19 @@ class Generator:
             raise CfgenError(f"values of {name!r} lie too far from its training values to condition the generator")
         return result
 
-    def save_record(self, folder: str | Path) -> None:
-        """Write cfgen_generator.json; ``save_generator`` (pipeline.py) writes the whole folder."""
-        config = {
+    def record(self) -> dict:
+        """What cfgen_generator.json holds: everything but the weights."""
+        return {
             "schema": self.schema.to_dict(),
             "image_format": {"size": list(self.image_format.size), "mode": self.image_format.mode},
             "training": self.training,
             "inference": self.inference,
             "standardization": self.standardization,
         }
-        (Path(folder) / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    def save_record(self, folder: str | Path) -> None:
+        """Write cfgen_generator.json; ``save_generator`` (pipeline.py) writes the whole folder."""
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(self.record(), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> "Generator":

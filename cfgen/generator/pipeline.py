@@ -326,20 +326,21 @@ def save_generator(generator: Generator, folder: str | Path) -> None:
     card, then cfgen_generator.json, last, which marks a complete folder and keeps the training record."""
     folder = Path(folder)
     CounterfactualPipeline.from_generator(generator).save_pretrained(folder)
-    (folder / "README.md").write_text(model_card(generator))
+    (folder / "README.md").write_text(model_card(generator.record()))
     generator.save_record(folder)
 
 
-def model_card(generator: Generator) -> str:
-    """README.md of a generator folder: what it was trained on and how, and how to use it."""
-    training = generator.training
+def model_card(record: dict[str, Any]) -> str:
+    """README.md of a generator folder, from its record (``Generator.record``, cfgen_generator.json): what it
+    was trained on and how, and how to use it."""
+    schema, training, inference = Schema.from_dict(record["schema"]), record["training"], record["inference"]
     data = training.get("data", {})
     variables = "\n".join(
-        f"| {v.name} | {'label' if v is generator.schema.label else 'attribute'} | {v.kind} | "
+        f"| {v.name} | {'label' if v is schema.label else 'attribute'} | {v.kind} | "
         f"{', '.join(v.values) if v.is_discrete else 'standardised number'} |"
-        for v in generator.schema.variables
+        for v in schema.variables
     )
-    (width, height), mode = generator.image_format.size, generator.image_format.mode
+    (width, height), mode = record["image_format"]["size"], record["image_format"]["mode"]
     return f"""---
 library_name: diffusers
 tags: [cfgen, counterfactuals, diffusion]
@@ -354,7 +355,7 @@ under the intervened ones with classifier-free guidance per attribute (`Counterf
 import cfgen.generator.pipeline  # registers the pipeline class with diffusers
 from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("path/to/this/folder")
-out = pipe(images, factual_rows, "{generator.schema.attributes[0].name}=random")  # out.images, out.values
+out = pipe(images, factual_rows, "{schema.attributes[0].name}=random")  # out.images, out.values
 ```
 
 ## Data
@@ -377,7 +378,7 @@ The full record is `cfgen_generator.json` (`training`).
 Not measured by training. `cfgen evaluate-counterfactuals` scores a counterfactual folder
 (effectiveness, preservation, error to exact counterfactuals where they exist), and
 `cfgen tune-inference` chooses the inference settings on validation data
-(chosen: {json.dumps(generator.inference.get("attributes", {})) or "none yet"}).
+(chosen: {json.dumps(inference["attributes"]) if inference.get("attributes") else "none yet"}).
 """
 
 
@@ -392,7 +393,8 @@ def store_inference(folder: str | Path, inference: dict[str, Any]) -> None:
             partial = folder / f".{name}.partial"
             partial.write_text(json.dumps(config, indent=2) + "\n")
             os.replace(partial, path)
-    (folder / "README.md").write_text(model_card(Generator.load(folder)))
+    # the card from the record just written: no need to load the weights
+    (folder / "README.md").write_text(model_card(json.loads((folder / CONFIG_FILE).read_text())))
 
 
 # DiffusionPipeline.from_pretrained finds a pipeline class by its name in the diffusers namespace.
