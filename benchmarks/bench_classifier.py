@@ -1,7 +1,7 @@
 """Debiasing benchmark: every classifier method on colored digits whose colour follows the digit.
 
 Built-in colored digits at digit-colour association 0.99; the test split draws every factor
-independently (the unconfounded test), test-anti never shows a digit in its training colour.
+independently (the unconfounded test), test_anti never shows a digit in its training colour.
 Counterfactuals come from the exact renderer (``fg_color=*`` on the train split: the bound of a
 perfect generator) and, with ``--train-generator PRESET`` (a generator trained here on the
 benchmark's own confounded train split), ``--generator GEN`` or an already generated folder
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def dataset_config(train_size: int) -> ColoredMNISTConfig:
-    sizes = {"train": train_size, "validation": 1000, "test": 2000, "test-anti": 1000}
+    sizes = {"train": train_size, "validation": 1000, "test": 2000, "test_anti": 1000}
     return ColoredMNISTConfig(strength=STRENGTH, sizes=sizes, seed=0)
 
 
@@ -133,7 +133,7 @@ def entry(metrics: dict[str, Any], source: str, seconds: float) -> dict[str, Any
         "seeds": metrics["seeds"],
         "test_accuracy": splits["test"]["accuracy"],
         "test_worst_group_accuracy": splits["test"]["worst_group_accuracy"],
-        "test_anti_accuracy": splits["test-anti"]["accuracy"],
+        "test_anti_accuracy": splits["test_anti"]["accuracy"],
         "validation_accuracy": splits["validation"]["accuracy"],
         "selected_epochs": [run["selected_epoch"] for run in metrics["per_seed"]],
         "seconds": round(seconds, 1),
@@ -251,7 +251,7 @@ def _row(item: dict[str, Any], oracle: float | None) -> str:
 def table(results: dict[str, Any]) -> str:
     """The markdown table of every entry, in method order."""
     header = [
-        "| method | counterfactuals | test accuracy (unconfounded) | test worst-group | test-anti accuracy | "
+        "| method | counterfactuals | test accuracy (unconfounded) | test worst-group | test_anti accuracy | "
         "/ oracle | seconds |",
         "|---|---|---|---|---|---|---|",
     ]

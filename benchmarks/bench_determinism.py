@@ -5,7 +5,8 @@ never changes; the pixels can, because floating-point sums depend on how a batch
 This measures it on a trained generator: the same plan made again with the same settings (must
 be bytewise identical), with another --batch-size, and with two processes (accelerate over gloo).
 
-    python benchmarks/bench_determinism.py --generator GEN --data DATA [--limit 64] [--steps 20] [--localize]
+    python benchmarks/bench_determinism.py --generator GEN --data DATA [--limit 64] [--steps 20]
+        [--localize no|edit|others] [--inversion ddim|ddpm]
 
 Writes benchmarks/results/determinism.json.
 """
@@ -34,7 +35,7 @@ def generate(out: Path, args: argparse.Namespace, batch_size: int, processes: in
     command = ["-m", "cfgen", "generate", "--generator", args.generator, "--data", args.data, "--intervene",
                args.intervene, "--split", "test", "--limit", str(args.limit), "--ddim-steps", str(args.steps),
                "--batch-size", str(batch_size), "--mixed-precision", "no", "--out", str(out),
-               *(["--localize"] if args.localize else [])]  # fmt: skip
+               "--localize", args.localize, "--inversion", args.inversion]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if processes > 1:
         with socket.socket() as probe:
@@ -72,7 +73,8 @@ def main() -> None:
     parser.add_argument("--intervene", default="fg_color=random")
     parser.add_argument("--limit", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--localize", action="store_true", help="localized edits (a thresholded mask)")
+    parser.add_argument("--localize", default="no", choices=("no", "edit", "others"), help="the edit's mask")
+    parser.add_argument("--inversion", default="ddim", choices=("ddim", "ddpm"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -88,7 +90,8 @@ def main() -> None:
         }
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     entries = previous.get("entries", {})
-    entries["localized" if args.localize else "plain"] = {
+    procedure = {"no": "plain", "edit": "localized"}.get(args.localize, f"localized ({args.localize} mask)")
+    entries[procedure if args.inversion == "ddim" else f"{procedure}, {args.inversion} inversion"] = {
         "settings": vars(args), "machine": machine(), "results": results, "command": " ".join(["python", *sys.argv]),
     }  # fmt: skip
     write_json(RESULTS, {

@@ -62,7 +62,7 @@ def main() -> None:
         for weighting in ("noise", "clean image", "normalised"):
             difference = torch.zeros_like(images[:, :1])
             with torch.inference_mode():
-                for latent, t in zip(path[1:], pipeline.inversion_timesteps(settings), strict=True):
+                for latent, t in zip(path.latents[1:], pipeline.inversion_timesteps(settings), strict=True):
                     predicted = generator.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
                     before, after = predicted.chunk(2)
                     level = (after - before).abs().mean(1, keepdim=True)

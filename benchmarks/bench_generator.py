@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_data(work: Path, strength: float, args: argparse.Namespace) -> tuple[Path, Path]:
     """The dataset of one strength and the exact counterfactuals of the plan, rebuilt when settings change."""
-    sizes = {"train": args.train_size, "validation": 0, "test": args.test_size, "test-anti": 0}
+    sizes = {"train": args.train_size, "validation": 0, "test": args.test_size, "test_anti": 0}
     config = ColoredMNISTConfig(strength=strength, sizes=sizes, seed=0)
     data, exact = work / f"data-{strength}", work / f"exact-{strength}"
     if not data.exists() or read_imagefolder(data).card.get("builtin", {}).get("config") != config.to_dict():

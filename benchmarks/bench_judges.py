@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    sizes = {"train": 6000, "validation": 0, "test": 300, "test-anti": 0}
+    sizes = {"train": 6000, "validation": 0, "test": 300, "test_anti": 0}
     config = ColoredMNISTConfig(strength=0.99, sizes=sizes, seed=0)
     data = work / "data"
     if not data.exists():

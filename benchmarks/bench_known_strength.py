@@ -42,7 +42,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for strength in map(float, args.strengths.split(",")):
-            sizes = {"train": args.train_size, "validation": 0, "test": 0, "test-anti": 0}
+            sizes = {"train": args.train_size, "validation": 0, "test": 0, "test_anti": 0}
             config = ColoredMNISTConfig(strength=strength, sizes=sizes, seed=args.seed)
             start = time.perf_counter()
             folder = make_colored_mnist(config, Path(tmp) / f"s{strength}")

@@ -3,12 +3,13 @@
 Inference knobs (guidance on the edited attribute, inversion depth) move a generator along one
 curve: more guidance or a deeper inversion reaches the target more often and keeps the digit less
 often. This benchmark draws that curve for each edited attribute, deconfounding method, training
-length and editing procedure (plain, or localized within the model's own mask), so that a change
+length and editing procedure (plain, or localized within one of the model's own masks; DDIM or
+edit-friendly DDPM inversion), so that a change
 shows whether it moves the whole curve or only slides along it.
 
 For each method and number of training steps a quick-preset generator is trained on the generator
 benchmark's data (digit -> fg_color at ``--strength``, 6,000 training images); it then edits the
-unconfounded test images ``ATTRIBUTE=random`` at every (localize, depth, guidance) of the grid,
+unconfounded test images ``ATTRIBUTE=random`` at every (inversion, localize, depth, guidance) of the grid,
 and ``evaluate_counterfactuals`` scores the edits against the exact counterfactuals. Figures are
 for the rare targets (pairs at most a fifth as frequent in training as independence would make
 them; for an attribute untied to the digit, where few edits are rare, every edit):
@@ -22,7 +23,8 @@ them; for an attribute untied to the digit, where few edits are rare, every edit
 
     python benchmarks/bench_tradeoff.py [--attributes fg_color,bg_color] [--methods reweight]
         [--recipes quick,low-noise-x3]
-        [--train-steps 400,1000] [--localize no,yes] [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5]
+        [--train-steps 400,1000] [--localize no,edit,others] [--inversions ddim,ddpm]
+        [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5]
         [--test-size 200] [--threads 2]
 
 Writes benchmarks/results/generator-tradeoff.json and docs/generator-tradeoff.png; entries merge,
@@ -75,7 +77,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--strength", type=float, default=0.99)
     parser.add_argument("--attributes", default="fg_color", help="edited attributes: fg_color, bg_color, thickness")
     parser.add_argument("--methods", default="reweight", help=f"comma-separated: {', '.join(METHODS)}")
-    parser.add_argument("--localize", default="no", help="no, yes or no,yes: plain and/or localized edits")
+    parser.add_argument("--localize", default="no", help="comma-separated masks: no, edit, others")
+    parser.add_argument("--inversions", default="ddim", help="ddim, ddpm or ddim,ddpm (edit-friendly)")
     parser.add_argument("--recipes", default="quick", help=f"training recipes: {', '.join(RECIPES)}")
     parser.add_argument("--train-steps", default="400,1000", help="training lengths (quick preset otherwise)")
     parser.add_argument("--depths", default="0.4,0.6,0.8", help="inversion depths")
@@ -90,8 +93,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
     args.recipes = [r for r in args.recipes.split(",") if r]
+    args.inversions = [i for i in args.inversions.split(",") if i]
     args.attributes = [a for a in args.attributes.split(",") if a]
-    args.localize = [{"no": False, "yes": True}[choice] for choice in args.localize.split(",") if choice]
+    args.localize = [choice for choice in args.localize.split(",") if choice]
     args.train_steps, args.depths, args.guidance = (
         numbers(args.train_steps, int), numbers(args.depths), numbers(args.guidance)
     )  # fmt: skip
@@ -146,23 +150,25 @@ def plot(results: dict[str, Any]) -> None:
     panels = sorted({(e["attribute"], e["method"]) for e in entries})
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
     for axis, (attribute, method) in zip(axes[0], panels, strict=True):
-        curves: dict[tuple[int, bool, float, str], list[dict]] = {}
+        curves: dict[tuple[int, bool, float, str, str], list[dict]] = {}
         for e in entries:
             if (e["attribute"], e["method"]) == (attribute, method):
-                key = (e["train_steps"], e["localize"], e["depth"], e.get("recipe", "quick"))
+                procedure = (e["localize"], e["depth"], e.get("recipe", "quick"), e.get("inversion", "ddim"))
+                key = (e["train_steps"], *procedure)
                 curves.setdefault(key, []).append(e)
         lengths = sorted({steps for steps, *_ in curves})
         colours = plt.cm.viridis([i / max(len(lengths) - 1, 1) for i in range(len(lengths))])
-        depths = sorted({depth for _, _, depth, _ in curves})
+        depths = sorted({depth for _, _, depth, _, _ in curves})
         markers = dict(zip(depths, "osD^v", strict=False))
-        for (steps, local, depth, recipe), points in sorted(curves.items()):
+        for (steps, local, depth, recipe, inversion), points in sorted(curves.items()):
             points.sort(key=lambda e: e["guidance"])
             x = [p[p.get("headline", "rare")]["digit_agrees"] for p in points]
             y = [p[p.get("headline", "rare")]["effectiveness"] for p in points]
             label = f"{steps} steps{'' if recipe == 'quick' else ' ' + recipe}, depth {depth}"
-            label += ", localized" if local else ""
+            label += "" if local == "no" else f", localized ({local} mask)"
+            label += ", DDPM inversion" if inversion == "ddpm" else ""
             colour = colours[lengths.index(steps)]
-            style = ":" if recipe != "quick" else "--" if local else "-"
+            style = "-." if inversion == "ddpm" else ":" if recipe != "quick" else "-" if local == "no" else "--"
             axis.plot(x, y, label=label, marker=markers[depth], color=colour, linestyle=style)
             for p, xi, yi in zip(points, x, y, strict=True):
                 axis.annotate(f"{p['guidance']:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -199,13 +205,16 @@ def main() -> None:
         generator, train_seconds = trained(work, data, method, steps, recipe)
         for attribute in args.attributes:
             exact = exact_edits(work, data, attribute)
-            for local, depth, guidance in product(args.localize, args.depths, args.guidance):
-                out = work / f"cf-{generator.name}-{attribute}-l{int(local)}-d{depth}-g{guidance}"
+            for inversion, local, depth, guidance in product(
+                args.inversions, args.localize, args.depths, args.guidance
+            ):
+                out = work / f"cf-{generator.name}-{attribute}-{inversion}-l{local}-d{depth}-g{guidance}"
                 shutil.rmtree(out, ignore_errors=True)
                 started = time.perf_counter()
                 generate_counterfactuals(
                     data, f"{attribute}=random", out, generator=generator, split="test", steps=args.ddim_steps,
-                    inversion_depth=depth, guidance=str(guidance), localize=local, progress=False,
+                    inversion_depth=depth, guidance=str(guidance), localize=local, inversion=inversion,
+                    progress=False,
                 )  # fmt: skip
                 seconds = time.perf_counter() - started
                 metrics = evaluate_counterfactuals(
@@ -216,17 +225,20 @@ def main() -> None:
                 item = {
                     "headline": headline, "strength": args.strength, "attribute": attribute, "method": method,
                     "train_steps": steps, "recipe": recipe,
-                    "train_seconds": train_seconds, "localize": local, "depth": depth, "guidance": guidance,
+                    "train_seconds": train_seconds, "inversion": inversion, "localize": local, "depth": depth,
+                    "guidance": guidance,
                     "generation_seconds": round(seconds, 1), "rare": scores(metrics, attribute),
                     "all": scores(metrics, attribute, "all"),
                     "judge_accuracy_on_sources": metrics["judge_accuracy_on_sources"],
                 }  # fmt: skip
                 recipe_key = "" if recipe == "quick" else f"|{recipe}"
-                results["entries"][f"{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}"] = item
+                inversion_key = "" if inversion == "ddim" else f"|{inversion}"
+                key = f"{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}{inversion_key}"
+                results["entries"][key] = item
                 write_json(RESULTS, results)
                 rare = item[headline]
                 print(
-                    f"{attribute}, {method} {recipe} {steps} steps, localize {local}, depth {depth}, "
+                    f"{attribute}, {method} {recipe} {steps} steps, {inversion}, localize {local}, depth {depth}, "
                     f"guidance {guidance} "
                     f"({headline} edits): "
                     f"effectiveness {rare['effectiveness']:.3f}, digit agrees {rare['digit_agrees']:.3f}, "

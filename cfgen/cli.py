@@ -22,8 +22,20 @@ COMMANDS = {
     "tune-inference": ("cfgen.inference_tuning", "choose a generator's inference settings on validation data"),
     "evaluate-counterfactuals": ("cfgen.counterfactual_metrics", "score a counterfactual dataset"),
     "train-classifier": ("cfgen.classifier.command", "train a debiased classifier (erm, cf-reg, group-dro, ...)"),
+    "evaluate-classifier": ("cfgen.classifier.inference", "score a trained classifier on a dataset's splits"),
     "pipeline": ("cfgen.pipeline", "run every stage on the built-in default dataset or your own"),
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default in --help, unless its help already says it (or it has none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        empty = action.default in (None, False, argparse.SUPPRESS) or action.default in ((), {}, [])
+        if "default" in text or empty or action.required:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
@@ -32,7 +44,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cfgen {metadata.version('cfgen')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        command = commands.add_parser(name, help=help_text, description=help_text)
+        command = commands.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == chosen:
             module = importlib.import_module(module_name)
             module.add_arguments(command)

@@ -49,9 +49,15 @@ class Renamed(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
-def add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str, type: type) -> None:
-    """Accept ``old`` for the flag now called ``new`` (one flag name per meaning across commands)."""
-    parser.add_argument(old, dest=dest, type=type, action=Renamed, new=new, default=argparse.SUPPRESS)
+def add_renamed(
+    parser: argparse.ArgumentParser, old: str, new: str, dest: str, type: type | None = None, const: object = None
+) -> None:
+    """Accept ``old`` for the flag now called ``new`` (one flag name per meaning across commands); an old
+    switch without a value (``const`` given) stands for ``new`` with that value."""
+    if const is not None:
+        parser.add_argument(old, dest=dest, action=Renamed, new=new, nargs=0, const=const, default=argparse.SUPPRESS)
+    else:
+        parser.add_argument(old, dest=dest, type=type, action=Renamed, new=new, default=argparse.SUPPRESS)

@@ -469,10 +469,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attributes", type=column_list, help="attribute columns (default: the card's, or all)")
     parser.add_argument("--rare-ratio", type=float, default=DEFAULT_RARE_RATIO, help="see docs/generator.md")
     parser.add_argument("--judge-cache", help=f"where judges are kept (default {default_judge_cache()})")
-    parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS)
-    parser.add_argument("--judge-batch-size", type=int, default=DEFAULT_JUDGE_BATCH_SIZE)
+    parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS, help="training steps of the judges")
+    parser.add_argument("--judge-batch-size", type=int, default=DEFAULT_JUDGE_BATCH_SIZE, help="batch of the judges")
     parser.add_argument("--judge-images", type=int, default=DEFAULT_JUDGE_IMAGES, help="re-rendered (built-in only)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the judges' training")
 
 
 def run(args: argparse.Namespace) -> None:

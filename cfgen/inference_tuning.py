@@ -8,7 +8,8 @@ validation images to a random other value of it; the judges of ``evaluate-counte
 the edits, and the setting with the most successes wins (the target reached and every other judged
 variable read as on the source image; ties go to the plain, shallower, less guided setting). The
 grid also holds localized edits (``InferenceSettings.localize``: the source kept outside the
-model's own mask of what the edit changes), so each attribute gets the one that works for it. The test
+model's own mask of what the edit changes, or of what the kept variables have no say in) and both
+inversions (DDIM's and the edit-friendly one), so each attribute gets the procedure that works for it. The test
 split is never used: a setting chosen there would flatter every figure measured on it.
 """
 
@@ -31,7 +32,7 @@ from cfgen.data.images import load_images
 from cfgen.data.table import SPLIT_COLUMN, read_imagefolder
 from cfgen.errors import CfgenError
 from cfgen.generator.generation import GeneratorSource, check_sources
-from cfgen.generator.inference import DEFAULT_STEPS, InferenceSettings
+from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, InferenceSettings
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.pipeline import store_inference
 from cfgen.interventions import RANDOM, Intervention, plan_requests
@@ -41,7 +42,6 @@ DEPTHS = (0.4, 0.6, 0.8, 1.0)
 GUIDANCE = (1.5, 2.0, 3.0, 5.0)
 DEFAULT_SOURCES = 200
 BATCH = 64  # edits made at once
-LOCALIZE_CHOICES = {"no": (False,), "yes": (True,), "both": (False, True)}
 CRITERION = "success: target reached and every other judged variable read as on the source"
 
 
@@ -52,8 +52,9 @@ def tune_inference(
     attributes: list[str] | None = None,
     depths: tuple[float, ...] = DEPTHS,
     guidance: tuple[float, ...] = GUIDANCE,
-    localize: tuple[bool, ...] = (False, True),
+    localize: tuple[str, ...] = LOCALIZE,
     steps: int = DEFAULT_STEPS,
+    inversions: tuple[str, ...] = INVERSIONS,
     sources: int = DEFAULT_SOURCES,
     judge_steps: int = DEFAULT_JUDGE_STEPS,
     judge_batch_size: int = DEFAULT_JUDGE_BATCH_SIZE,
@@ -87,8 +88,14 @@ def tune_inference(
     unknown = [name for name in attributes if name not in editable]
     if unknown:
         raise CfgenError(f"cannot tune edits of {unknown[0]!r}; attributes the generator edits: {', '.join(editable)}")
-    if not depths or not guidance or not localize:
-        raise CfgenError("give at least one inversion depth, guidance weight and localize choice to choose from")
+    if not depths or not guidance or not localize or not inversions:
+        raise CfgenError(
+            "give at least one inversion depth, guidance weight, localize choice and inversion to choose from"
+        )
+    for given, valid, what in ((inversions, INVERSIONS, "inversion"), (localize, LOCALIZE, "localize choice")):
+        unknown = [name for name in given if name not in valid]
+        if unknown:
+            raise CfgenError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(valid)}")
     schema = model.schema
     judges = load_or_train_judges(
         data, table, schema, Path(judge_cache) if judge_cache else default_judge_cache(), judge_steps,
@@ -102,8 +109,8 @@ def tune_inference(
         requests = plan_requests(table, schema, Intervention(((name, RANDOM),)), seed=seed, rows=rows.tolist())
         targets = schema[name].encode(np.array([request.target[name] for request in requests]))
         scores = []
-        for local, depth, weight in product(localize, depths, guidance):
-            settings = InferenceSettings(steps, depth, {name: weight}, local)
+        for inversion, local, depth, weight in product(inversions, localize, depths, guidance):
+            settings = InferenceSettings(steps, depth, {name: weight}, local, inversion)
             source = GeneratorSource(model, folder, settings, precision)
             batches = [requests[start : start + BATCH] for start in range(0, len(requests), BATCH)]
             read = judges(np.concatenate([source.make(table, batch) for batch in batches]))
@@ -114,6 +121,7 @@ def tune_inference(
                     kept &= codes == on_sources[other]
             scores.append(
                 {
+                    "inversion": inversion,
                     "localize": local,
                     "inversion_depth": depth,
                     "guidance": weight,
@@ -123,11 +131,16 @@ def tune_inference(
                 }
             )
             if progress:
-                print(f"{name}: localize {local}, depth {depth}, guidance {weight}: " + ", ".join(
+                print(f"{name}: {inversion}, localize {local}, depth {depth}, guidance {weight}: " + ", ".join(
                     f"{key} {scores[-1][key]:.3f}" for key in ("effectiveness", "kept", "success")
                 ), flush=True)  # fmt: skip
-        best = max(scores, key=lambda s: (s["success"], -s["localize"], -s["inversion_depth"], -s["guidance"]))
-        chosen[name] = {"steps": steps, **{key: best[key] for key in ("inversion_depth", "guidance", "localize")}}
+        best = max(scores, key=lambda s: (
+            s["success"], -INVERSIONS.index(s["inversion"]), -LOCALIZE.index(s["localize"]), -s["inversion_depth"],
+            -s["guidance"],
+        ))  # fmt: skip
+        chosen[name] = {
+            "steps": steps, **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion")}
+        }
         grid[name] = scores
     inference = {
         "attributes": {**model.inference.get("attributes", {}), **chosen},
@@ -151,6 +164,10 @@ def _numbers(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``tune-inference`` options."""
     parser.add_argument("--generator", required=True, help="generator folder (its defaults are rewritten)")
@@ -161,31 +178,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=_numbers, default=GUIDANCE, help="guidance weights (default %(default)s)")
     parser.add_argument(
         "--localize",
-        choices=list(LOCALIZE_CHOICES),
-        default="both",
-        help="try edits kept within the model's own mask (yes), plain ones (no), or both (default)",
+        type=_names,
+        default=LOCALIZE,
+        help=f"masks to try, comma-separated: {', '.join(LOCALIZE)} (see generate --localize; default: all)",
+    )
+    parser.add_argument(
+        "--inversions",
+        type=_names,
+        default=INVERSIONS,
+        help=f"inversions to try, comma-separated: {', '.join(INVERSIONS)} (default: both)",
     )
     parser.add_argument(
         "--ddim-steps", dest="steps", type=int, default=DEFAULT_STEPS, help="DDIM steps each way (default %(default)s)"
     )
     add_renamed(parser, "--steps", "--ddim-steps", dest="steps", type=int)
     parser.add_argument("--sources", type=int, default=DEFAULT_SOURCES, help="images edited (default %(default)s)")
-    parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS, help="default %(default)s")
-    parser.add_argument("--judge-batch-size", type=int, default=DEFAULT_JUDGE_BATCH_SIZE)
+    parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS, help="training steps of the judges")
+    parser.add_argument("--judge-batch-size", type=int, default=DEFAULT_JUDGE_BATCH_SIZE, help="batch of the judges")
     parser.add_argument("--judge-images", type=int, default=DEFAULT_JUDGE_IMAGES, help="re-rendered (built-in only)")
     parser.add_argument("--judge-cache", help=f"where judges are kept (default {default_judge_cache()})")
-    parser.add_argument("--mixed-precision", choices=MIXED_PRECISION_CHOICES, default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mixed-precision", choices=MIXED_PRECISION_CHOICES, default="auto", help="auto: bf16 where fast, else no"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the edits' targets and the judges")
 
 
 def run(args: argparse.Namespace) -> None:
     inference = tune_inference(
         args.generator, args.data, args.split, args.attributes, args.depths, args.guidance,
-        LOCALIZE_CHOICES[args.localize], args.steps,
+        args.localize, args.steps, args.inversions,
         args.sources, args.judge_steps, args.judge_batch_size, args.judge_images, args.judge_cache,
         args.mixed_precision, args.seed, progress=True,
     )  # fmt: skip
     for name, settings in inference["attributes"].items():
-        print(f"{name}: inversion depth {settings['inversion_depth']}, guidance {settings['guidance']}, "
-              f"{settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
+        print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, guidance "
+              f"{settings['guidance']}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

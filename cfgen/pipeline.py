@@ -35,6 +35,7 @@ from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
 from cfgen.data.table import SPLIT_COLUMN, read_imagefolder
 from cfgen.errors import CfgenError
 from cfgen.generator.generation import EXACT, generate_counterfactuals, write_example_grid
+from cfgen.generator.inference import INVERSIONS, LOCALIZE
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.inference_tuning import DEPTHS, GUIDANCE, tune_inference
@@ -48,28 +49,39 @@ BUILTIN_SPURIOUS = ("fg_color",)
 # CPU); full: a GPU.
 # generator_steps (None: the generator preset's), sources (training images edited) and ddim_steps
 # (each way) are the time budget's levers: on the quick model 10 DDIM steps edit as well as 20 at
-# half the time (docs/generator.md). tune: the validation images and the (depths, guidance) grid
-# that choose each edited attribute's inference settings (cfgen tune-inference).
+# half the time (docs/generator.md). tune: the validation images and the grid (depths, guidance,
+# masks, inversions) that choose each edited attribute's inference settings (cfgen tune-inference);
+# quick tries DDIM inversion alone, to stay within its budget.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "deconfound": "reweight", "generator_steps": None, "sources": 16, "ddim_steps": 4, "judge_steps": 20,
-        "epochs": 1, "seeds": (0,), "sizes": {"train": 160, "validation": 40, "test": 60, "test-anti": 40},
-        "tune": {"sources": 8, "depths": (0.6, 1.0), "guidance": (3.0,)},
+        "epochs": 1, "seeds": (0,), "sizes": {"train": 160, "validation": 40, "test": 60, "test_anti": 40},
+        "tune": {
+            "sources": 8, "depths": (0.6, 1.0), "guidance": (3.0,), "localize": LOCALIZE, "inversions": INVERSIONS
+        },
     },
     "quick": {
         "deconfound": "reweight", "generator_steps": 300, "sources": 400, "ddim_steps": 10, "judge_steps": 300,
         "epochs": 3, "seeds": (0,), "sizes": None,
-        "tune": {"sources": 64, "depths": (0.6,), "guidance": (2.0, 3.0, 5.0)},
+        "tune": {
+            "sources": 64, "depths": (0.6,), "guidance": (2.0, 3.0, 5.0), "localize": LOCALIZE,
+            "inversions": ("ddim",),
+        },
     },
     "standard": {
         "deconfound": "reweight", "generator_steps": None, "sources": 2000, "ddim_steps": 20, "judge_steps": 2000,
         "epochs": 6, "seeds": (0,), "sizes": None,
-        "tune": {"sources": 200, "depths": (0.6, 0.8, 1.0), "guidance": (1.5, 2.0, 3.0, 5.0)},
+        "tune": {
+            "sources": 200, "depths": (0.6, 0.8, 1.0), "guidance": (1.5, 2.0, 3.0, 5.0), "localize": LOCALIZE,
+            "inversions": INVERSIONS,
+        },
     },
     "full": {
         "deconfound": "reweight,consistency", "generator_steps": None, "sources": None, "ddim_steps": 50,
         "judge_steps": 600, "epochs": 20, "seeds": (0, 1, 2), "sizes": None,
-        "tune": {"sources": 500, "depths": DEPTHS, "guidance": GUIDANCE},
+        "tune": {
+            "sources": 500, "depths": DEPTHS, "guidance": GUIDANCE, "localize": LOCALIZE, "inversions": INVERSIONS
+        },
     },
 }
 # When only some training images have a counterfactual (the quick preset edits 400 of 6,000), half of
@@ -103,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="every stage's precision; auto (default): bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -332,7 +344,7 @@ def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "`test` is unconfounded on the built-in data; `test-anti` never shows a digit in its training colour.",
+        "`test` is unconfounded on the built-in data; `test_anti` never shows a digit in its training colour.",
         *_pairing_note(PRESETS[preset]["sources"]),
         "",
         "## Time per stage (s)",
@@ -352,8 +364,8 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
     if inference is None:
         return ["The data have no validation split: edits use the default inference settings.", ""]
     chosen = "; ".join(
-        f"{name}: {'localized' if s['localize'] else 'plain'} edits, inversion depth {s['inversion_depth']}, "
-        f"guidance {s['guidance']:g}, {s['steps']} DDIM steps"
+        f"{name}: {'localized' if s['localize'] else 'plain'} edits, {s.get('inversion', 'ddim').upper()} inversion "
+        f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}, {s['steps']} steps"
         for name, s in inference.items()
     )
     return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {chosen}.", ""]

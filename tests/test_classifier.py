@@ -12,10 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from accelerate import Accelerator
 from conftest import tensorboard_scalars
+from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file
 
+from cfgen.classifier import evaluate_classifier
+from cfgen.classifier import predict as predict_images
 from cfgen.classifier.backbones import build_backbone
 from cfgen.classifier.config import METHOD_NAMES, ClassifierConfig
 from cfgen.classifier.data import load_training_data
@@ -27,16 +32,25 @@ from cfgen.classifier.methods import (
     GroupDRO,
     log_probability_gradient,
 )
-from cfgen.classifier.training import Classifier, load_classifier, paired_sampler, predict, train_classifiers
+from cfgen.classifier.training import (
+    CHECKPOINT_FORMAT,
+    Classifier,
+    load_classifier,
+    paired_sampler,
+    predict,
+    save_checkpoint,
+    train_classifiers,
+)
 from cfgen.cli import main
 from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
-from cfgen.data.table import METADATA_FILE
+from cfgen.data.table import METADATA_FILE, read_imagefolder
+from cfgen.errors import CfgenError
 from cfgen.generator.generation import generate_counterfactuals
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.trains
-SIZES = {"train": 120, "validation": 60, "test": 80, "test-anti": 40}
+SIZES = {"train": 120, "validation": 60, "test": 80, "test_anti": 40}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +109,7 @@ def test_every_method_writes_metrics_and_checkpoints(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["schema"] == "cfgen.classifier.metrics/1"
     assert metrics["method"] == method and metrics["spurious"] == ["fg_color"]
-    assert set(metrics["splits"]) == {"validation", "test", "test-anti"}
+    assert set(metrics["splits"]) == {"validation", "test", "test_anti"}
     test = metrics["splits"]["test"]
     for key in ("accuracy", "worst_group_accuracy"):
         assert set(test[key]) == {"mean", "std", "n", "values"}
@@ -137,6 +151,36 @@ def test_checkpoint_is_safetensors_and_reloads_the_selected_model(dataset: Path,
         predictions = predict(Accelerator(), model, data.evaluation[split])
         accuracy = float((predictions == data.evaluation[split].labels.numpy()).mean())
         assert accuracy == metrics["per_seed"][0]["splits"][split]["accuracy"]
+
+    # the public functions score as training did; predict reads PIL images
+    evaluated = evaluate_classifier(out, dataset, splits=["validation", "test"])
+    for split in ("validation", "test"):
+        for key in ("accuracy", "worst_group_accuracy", "groups"):
+            assert evaluated["splits"][split][key] == metrics["per_seed"][0]["splits"][split][key]
+    table = read_imagefolder(dataset).split("test")
+    images = [Image.open(path) for path in table.image_paths[:5]]
+    found = predict_images(out, images)
+    assert found.probabilities.shape == (5, 10) and np.allclose(found.probabilities.sum(1), 1, atol=1e-5)
+    expected = predict(Accelerator(), model, data.evaluation["test"].head(5))
+    assert found.labels == [found.classes[k] for k in expected]
+    with pytest.raises(CfgenError, match="images are 14x14 RGB; this classifier works on 28x28 RGB images"):
+        predict_images(out, [image.resize((14, 14)) for image in images])
+    report = work / "clf-api-eval.json"
+    assert main(["evaluate-classifier", "--model", str(out), "--data", str(dataset), "--splits", "test",
+                 "--out", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["splits"]["test"]["accuracy"] == evaluated["splits"]["test"]["accuracy"]
+    assert main(["evaluate-classifier", "--model", str(out), "--data", str(dataset), "--splits", "holdout"]) == 2
+
+
+def test_resnet_checkpoints_load_into_torchvision(tmp_path: Path) -> None:
+    model = Classifier(build_backbone("resnet18", 3), 3).eval()
+    config = {"format": CHECKPOINT_FORMAT, "backbone": "resnet18", "in_channels": 3, "label": {"values": list("abc")}}
+    save_checkpoint(tmp_path / "seed-0", model, config)
+    plain = torchvision.models.resnet18(num_classes=3).eval()
+    plain.load_state_dict(load_file(tmp_path / "seed-0" / "model.safetensors"))  # strict: every key matches
+    images = torch.rand(2, 3, 32, 32)
+    reloaded, _ = load_classifier(tmp_path)
+    assert torch.allclose(plain(images), model(images)[1]) and torch.allclose(reloaded(images)[1], model(images)[1])
 
 
 def _gradients(objective, model: Classifier, batch) -> torch.Tensor:

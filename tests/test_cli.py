@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cfgen.cli import main
+from cfgen.cli import COMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--train-size", "300", "--validation-size", "0", "--test-size", "40", "--test-anti-size", "0"]
@@ -57,3 +57,25 @@ def test_one_flag_name_per_meaning_old_spellings_still_read(tmp_path: Path, caps
     assert config_from_args(parser.parse_args([*base, "--lr", "0.02"])).lr == 0.02
     assert "note: --lr is deprecated; use --learning-rate" in capsys.readouterr().err
     assert "--lr" not in parser.format_help()
+
+    from cfgen.generator.generation import add_arguments as generate_arguments
+
+    parser = argparse.ArgumentParser()
+    generate_arguments(parser)
+    base = ["--generator", "g", "--data", "d", "--intervene", "fg_color=red", "--out", "o"]
+    assert parser.parse_args([*base, "--no-localize"]).localize == "no"
+    assert "note: --no-localize is deprecated; use --localize no" in capsys.readouterr().err
+
+
+def test_every_flag_has_help_and_shows_its_default() -> None:
+    for name in COMMANDS:
+        parser = build_parser(name)
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            flag = action.option_strings[0] if action.option_strings else action.dest
+            assert action.help, f"{name} {flag} has no help text"
+            shown = action.default in (None, False, (), {}) or action.required or "default" in action.help
+            assert shown or f"(default: {action.default})" in text, f"{name} {flag}: default not shown"

@@ -34,7 +34,7 @@ from cfgen.generator.generation import generate_counterfactuals
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = (("digit", "fg_color", 0.9), ("fg_color", "bg_color", 0.7))
-SMALL = {"train": 60, "validation": 20, "test": 60, "test-anti": 20}
+SMALL = {"train": 60, "validation": 20, "test": 60, "test_anti": 20}
 
 
 def codes(table, name: str) -> np.ndarray:
@@ -48,7 +48,7 @@ def pixels(path: str | Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def chained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two ties (digit -> fg_color -> bg_color), enough rows for the split statistics."""
-    config = ColoredMNISTConfig(ties=CHAIN, sizes={"train": 1500, "validation": 100, "test": 1000, "test-anti": 400})
+    config = ColoredMNISTConfig(ties=CHAIN, sizes={"train": 1500, "validation": 100, "test": 1000, "test_anti": 400})
     return make_colored_mnist(config, tmp_path_factory.mktemp("cm") / "chained")
 
 
@@ -73,7 +73,7 @@ def test_splits_follow_the_mechanism(chained: Path) -> None:
     table = read_imagefolder(chained)
     split = table.columns["split"]
     digit, fg, bg = codes(table, "digit"), codes(table, "fg_color"), codes(table, "bg_color")
-    anti, test, train = split == "test-anti", split == "test", split == "train"
+    anti, test, train = split == "test_anti", split == "test", split == "train"
     assert not np.any(fg[anti] == digit[anti]) and not np.any(bg[anti] == fg[anti] % 4)
     assert abs(np.mean(fg[train] == digit[train]) - (0.9 + 0.1 / 10)) < 0.03
     assert abs(np.mean(bg[train] == fg[train] % 4) - (0.7 + 0.3 / 4)) < 0.04
@@ -111,8 +111,8 @@ def test_folder_reads_with_the_card_schema(small32: Path) -> None:
         assert variable.kind == "categorical" and set(variable.values) <= set(FACTOR_BY_NAME[variable.name].values)
     card = json.loads((small32 / "cfgen_dataset.json").read_text())
     assert card["builtin"]["config"] == ColoredMNISTConfig(sizes=SMALL, image_size=32, seed=3).to_dict()
-    assert (small32 / "run.json").is_file() and table.splits == ("test", "test-anti", "train", "validation")
-    assert table.columns["file_name"][0] == "images/000000.png" and len(table) == sum(SMALL.values())
+    assert (small32 / "run.json").is_file() and table.splits == ("test", "test_anti", "train", "validation")
+    assert table.columns["file_name"][0] == "images/train/000000.png" and len(table) == sum(SMALL.values())
 
 
 def test_null_counterfactual_is_the_stored_image(small32: Path) -> None:
@@ -152,8 +152,8 @@ def test_thickness_orders_stroke_mass_and_thin_keeps_strokes() -> None:
 
 def test_exact_counterfactual_folder(small32: Path, tmp_path: Path) -> None:
     source = read_imagefolder(small32)
-    rows = np.flatnonzero(source.columns["split"] == "test-anti")
-    out = generate_counterfactuals(small32, "fg_color=*", tmp_path / "cf", generator="exact", split="test-anti")
+    rows = np.flatnonzero(source.columns["split"] == "test_anti")
+    out = generate_counterfactuals(small32, "fg_color=*", tmp_path / "cf", generator="exact", split="test_anti")
     table = read_imagefolder(out)
     assert len(table) == 9 * len(rows)
     source_rows = table.columns["cf_source_row"].astype(int)
@@ -167,7 +167,7 @@ def test_exact_counterfactual_folder(small32: Path, tmp_path: Path) -> None:
         expected = render_counterfactual(small32, int(source_rows[i]), {"fg_color": table.columns["fg_color"][i]})
         assert np.array_equal(pixels(table.image_paths[i]), expected)
     with pytest.raises(CfgenError, match="already exists"):
-        generate_counterfactuals(small32, "fg_color=*", generator="exact", out=out, split="test-anti")
+        generate_counterfactuals(small32, "fg_color=*", generator="exact", out=out, split="test_anti")
     joint = generate_counterfactuals(small32, "bg_color=random,thickness=thick", out, generator="exact", overwrite=True)
     assert len(read_imagefolder(joint)) == len(source)
 
@@ -231,7 +231,7 @@ def test_population_joint_cramers_v_is_the_strength(strength: float) -> None:
     table = np.rint(joint * 1e6).astype(np.int64)
     assert association(table, method="cramer") == pytest.approx(strength, abs=1e-4)
     assert np.allclose(population_joint(config, "digit", "fg_color", split="test"), 0.01)
-    assert np.allclose(np.diag(population_joint(config, "fg_color", "digit", split="test-anti")), 0)
+    assert np.allclose(np.diag(population_joint(config, "fg_color", "digit", split="test_anti")), 0)
     for bad in (("digit", "digit", "train"), ("digit", "hue", "train"), ("digit", "fg_color", "holdout")):
         with pytest.raises(CfgenError):
             population_joint(config, *bad)
@@ -245,7 +245,7 @@ def test_population_joint_matches_the_sampled_train_split(chained: Path) -> None
     train = table.columns["split"] == "train"
     paired = np.mean(codes(table, "bg_color")[train] == codes(table, "fg_color")[train] % 4)
     assert paired == pytest.approx(sum(fg_bg[f % 4, f] for f in range(10)), abs=0.04)
-    assert np.isclose(population_joint(config, "digit", "bg_color", split="test-anti").sum(), 1)
+    assert np.isclose(population_joint(config, "digit", "bg_color", split="test_anti").sum(), 1)
 
 
 def test_every_color_pair_is_clearly_visible() -> None:

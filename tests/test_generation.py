@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from cfgen.errors import CfgenError
 from cfgen.generator.generation import staging_dir
 from cfgen.generator.inference import InferenceSettings, otsu_threshold, parse_guidance, settings_for
 from cfgen.generator.model import Generator
-from cfgen.generator.pipeline import CounterfactualPipeline
+from cfgen.generator.pipeline import CounterfactualPipeline, InversionPath
 from cfgen.generator.training import train_generator
 from cfgen.interventions import parse_intervention, plan_requests
 
@@ -84,7 +85,7 @@ def cli(*args: str) -> int:
 
 
 def pixels(folder: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(Image.open(p)).astype(int) for p in sorted((folder / "images").iterdir())}
+    return {p.name: np.asarray(Image.open(p)).astype(int) for p in sorted((folder / "images").rglob("*.png"))}
 
 
 def rows(folder: Path) -> list[dict[str, str]]:
@@ -104,7 +105,7 @@ def test_inversion_then_decoding_reconstructs(dataset: Path, generator: Path) ->
     conditions = model.conditions(table)[:8]
     for settings in (InferenceSettings(steps=10, inversion_depth=1.0), InferenceSettings(steps=4, inversion_depth=0.3)):
         path = pipeline.inversion_path(images, conditions, settings)
-        noise = path[-1]
+        noise = path.latents[-1]
         decoded = pipeline.decode(path, conditions, settings)
         assert torch.equal(decoded, pipeline.edit(path, conditions, conditions, settings))  # deterministic
         reconstruction = mse(decoded, images)
@@ -113,7 +114,7 @@ def test_inversion_then_decoding_reconstructs(dataset: Path, generator: Path) ->
         start = torch.randn(noise.shape, generator=torch.Generator().manual_seed(0)) * scale
         if settings.inversion_depth < 1:  # the same noise level, but from the wrong image
             start = alpha.sqrt() * images.roll(1, 0) + (1 - alpha).sqrt() * start
-        unrelated = mse(pipeline.decode([start], conditions, settings), images)
+        unrelated = mse(pipeline.decode(InversionPath([start]), conditions, settings), images)
         assert reconstruction < 0.1 * unrelated and reconstruction < 0.01, (settings, reconstruction, unrelated)
 
 
@@ -145,11 +146,15 @@ def test_two_processes_write_every_row_once(dataset: Path, generator: Path, refe
     schema = Generator.load(generator).schema
     plan = plan_requests(table, schema, parse_intervention("fg_color=random", schema), rows=range(196, 208))
     written = rows(out)
-    assert [row["file_name"] for row in written] == [image_name(i) for i in range(len(plan))]
+    splits = table.column("split")
+    assert [row["file_name"] for row in written] == [
+        f"images/{splits[request.row]}/{Path(image_name(i)).name}" for i, request in enumerate(plan)
+    ]  # each in its source's split's folder
     assert [(int(row["cf_source_row"]), row["fg_color"]) for row in written] == [
         (request.row, request.target["fg_color"]) for request in plan
     ]
-    assert sorted(p.name for p in (out / "images").iterdir()) == [Path(image_name(i)).name for i in range(len(plan))]
+    made = sorted(p.name for p in (out / "images").rglob("*.png"))
+    assert made == [Path(image_name(i)).name for i in range(len(plan))]
     assert not staging_dir(out).exists()
     # each process made its own share, and the right images: the same as one process, up to rounding
     ours, theirs = pixels(out), pixels(reference)
@@ -183,7 +188,7 @@ def test_killed_run_resumes_to_the_same_images(dataset: Path, generator: Path, r
 
     assert cli("generate", "--generator", str(generator), "--data", str(dataset), *PLAN, "--out", str(out)) == 0
     assert not staging_dir(out).exists()
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir() if p.name in before} == before
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png") if p.name in before} == before
     ours, theirs = pixels(out), pixels(reference)
     assert ours.keys() == theirs.keys() and all(np.array_equal(ours[name], theirs[name]) for name in ours)
     assert rows(out) == rows(reference)
@@ -382,8 +387,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     tuned = tmp_path / "gen"
     shutil.copytree(generator, tuned)
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
-    grid = ["--depths", "0.4,1.0", "--guidance", "0,6", "--localize", "both", "--ddim-steps", "4", "--sources", "12",
-            *judge]  # fmt: skip
+    grid = ["--depths", "0.4,1.0", "--guidance", "6", "--localize", "no,others", "--inversions", "ddim,ddpm",
+            "--ddim-steps", "4", "--sources", "12", *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
@@ -394,8 +399,11 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     for name, scores in inference["selection"]["grid"].items():
         assert len(scores) == 8
         assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)
-        best = max(scores, key=lambda s: (s["success"], -s["localize"], -s["inversion_depth"], -s["guidance"]))
-        expected = {"steps": 4, **{key: best[key] for key in ("inversion_depth", "guidance", "localize")}}
+        assert {(s["inversion"], s["localize"]) for s in scores} == set(product(("ddim", "ddpm"), ("no", "others")))
+        best = max(scores, key=lambda s: (
+            s["success"], s["inversion"] == "ddim", s["localize"] == "no", -s["inversion_depth"], -s["guidance"]
+        ))  # fmt: skip
+        expected = {"steps": 4, **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion")}}
         assert inference["attributes"][name] == expected
 
     # cfgen generate uses the chosen settings unless told otherwise
@@ -406,7 +414,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert cli(*edit, "--out", str(out)) == 0
     used = json.loads((out / "run.json").read_text())["config"]
     assert (used["steps"], used["inversion_depth"]) == (4, chosen["inversion_depth"])
-    assert used["guidance"] == {"fg_color": chosen["guidance"]} and used["localize"] == chosen["localize"]
+    assert used["guidance"] == {"fg_color": chosen["guidance"]}
+    assert (used["localize"], used["inversion"]) == (chosen["localize"], chosen["inversion"])
     assert cli(*edit, "--inversion-depth", "0.5", "--out", str(tmp_path / "cf2")) == 0
     assert json.loads((tmp_path / "cf2" / "run.json").read_text())["config"]["inversion_depth"] == 0.5
 
@@ -415,7 +424,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     thickness = inference["attributes"]["thickness"]
     assert joint.inversion_depth == max(chosen["inversion_depth"], thickness["inversion_depth"])
     assert joint.guidance == {"fg_color": chosen["guidance"], "thickness": thickness["guidance"]}
-    assert joint.localize == (chosen["localize"] or thickness["localize"])
+    assert joint.localize == ("others" if "others" in (chosen["localize"], thickness["localize"]) else "no")
+    assert joint.inversion == ("ddpm" if "ddpm" in (chosen["inversion"], thickness["inversion"]) else "ddim")
     capsys.readouterr()
 
     # never on the test split; only attributes the generator edits; a folder without validation rows
@@ -425,27 +435,66 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert "attributes the generator edits: fg_color, bg_color, thickness" in capsys.readouterr().err
     assert cli("tune-inference", *common, "--split", "holdout") == 2
     assert "has no 'holdout' split" in capsys.readouterr().err
+    assert cli("tune-inference", *common, "--localize", "yes") == 2
+    assert "unknown localize choice 'yes'; choose from no, edit, others" in capsys.readouterr().err
 
 
-def test_localized_edits_keep_the_source_outside_the_mask(dataset: Path, generator: Path) -> None:
+def background_edits(dataset: Path, generator: Path) -> tuple[CounterfactualPipeline, torch.Tensor, ...]:
+    """The pipeline, four test images in [-1, 1], their factual rows, and rows with the next background."""
     pipeline = CounterfactualPipeline.load(generator)
     model = pipeline.model
     table = read_imagefolder(dataset).split("test")
     images = to_model_range(load_images(table.image_paths[:4], model.image_format))
     factual = model.conditions(table)[:4]
     target = factual.clone()
-    target[:, model.schema.names.index("bg_color")] = (factual[:, model.schema.names.index("bg_color")] + 1) % 4
+    column = model.schema.names.index("bg_color")
+    target[:, column] = (factual[:, column] + 1) % 4
+    return pipeline, images, factual, target
+
+
+def test_localized_edits_keep_the_source_outside_the_mask(dataset: Path, generator: Path) -> None:
+    pipeline, images, factual, target = background_edits(dataset, generator)
     settings = InferenceSettings(steps=6, inversion_depth=1.0, guidance={"bg_color": 3.0}, localize=True)
+    assert settings.localize == "edit"  # as saved before masks had kinds
     path = pipeline.inversion_path(images, factual, settings)
-    assert len(path) == 7 and torch.equal(path[0], images)
-    mask = pipeline.edit_mask(path, factual, target, settings)
-    assert mask.shape == (4, 1, 28, 28) and set(mask.unique().tolist()) <= {0.0, 1.0}
-    assert ((mask.mean((1, 2, 3)) > 0) & (mask.mean((1, 2, 3)) < 1)).all()  # Otsu splits every map in two
-    edited = pipeline.edit(path, factual, target, settings)
+    assert len(path.latents) == 7 and torch.equal(path.latents[0], images)
+    masks = {}
+    for kind in ("edit", "others"):
+        local = replace(settings, localize=kind)
+        masks[kind] = mask = pipeline.edit_mask(path, factual, target, local)
+        assert mask.shape == (4, 1, 28, 28) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert ((mask.mean((1, 2, 3)) > 0) & (mask.mean((1, 2, 3)) < 1)).all()  # Otsu splits every map in two
+        edited = pipeline.edit(path, factual, target, local)
+        outside = mask.expand_as(images) == 0
+        assert torch.equal(edited[outside], images[outside])  # the last step lands on the source itself
+        plain = pipeline.edit(path, factual, target, replace(settings, localize="no"))
+        assert not torch.equal(plain[outside], images[outside])
+    assert not torch.equal(masks["edit"], masks["others"])
+    with pytest.raises(CfgenError, match="--localize must be one of no, edit, others, not 'yes'"):
+        InferenceSettings(localize="yes")
+
+
+def test_edit_friendly_inversion_reconstructs_and_draws_its_noise_from_each_image(
+    dataset: Path, generator: Path
+) -> None:
+    pipeline, images, factual, target = background_edits(dataset, generator)
+    settings = InferenceSettings(steps=6, inversion_depth=1.0, inversion="ddpm")
+    path = pipeline.inversion_path(images, factual, settings)
+    assert len(path.latents) == 7 and len(path.corrections) == 6 and torch.equal(path.latents[0], images)
+    # decoding under the factual values retraces the path: the source back up to rounding
+    assert (pipeline.decode(path, factual, settings) - images).abs().max() < 1e-4
+    edited = pipeline.decode(path, target, settings)
+    assert (edited - images).abs().max() > 0.05  # the target changes it
+    # an image's noise is its own: the same in another batch, another image's differs
+    alone = pipeline.inversion_path(images[2:3], factual[2:3], settings)
+    assert torch.equal(alone.latents[-1], path.latents[-1][2:3])
+    assert not torch.allclose(path.latents[-1][0], path.latents[-1][1])
+    assert torch.equal(path.select([2, 2]).corrections[0], path.corrections[0][[2, 2]])
+    # localized, the region outside the mask ends as the source, as with DDIM inversion
+    local = replace(settings, guidance={"bg_color": 3.0}, localize=True)
+    mask = pipeline.edit_mask(path, factual, target, local)
     outside = mask.expand_as(images) == 0
-    assert torch.equal(edited[outside], images[outside])  # the last step lands on the source itself
-    plain = pipeline.edit(path, factual, target, replace(settings, localize=False))
-    assert not torch.equal(plain[outside], images[outside])
+    assert torch.equal(pipeline.edit(path, factual, target, local)[outside], images[outside])
 
 
 def test_otsu_threshold_splits_two_levels() -> None:

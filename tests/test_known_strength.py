@@ -13,7 +13,7 @@ from cfgen.data.table import read_imagefolder
 
 @pytest.mark.parametrize("strength", [0.0, 0.5, 0.9, 0.99])
 def test_measured_association_matches_the_mechanism(tmp_path: Path, strength: float) -> None:
-    config = ColoredMNISTConfig(strength=strength, sizes={"train": 1500, "validation": 0, "test": 0, "test-anti": 0})
+    config = ColoredMNISTConfig(strength=strength, sizes={"train": 1500, "validation": 0, "test": 0, "test_anti": 0})
     joint = population_joint(config, "digit", "fg_color")
     implied = float(association(np.rint(joint * 1e9).astype(np.int64), method="cramer")) if strength else 0.0
     assert implied == pytest.approx(strength, abs=1e-6)  # 10 digits x 10 colours: V equals the strength

@@ -43,7 +43,7 @@ def test_accelerators_of_different_precisions_follow_each_other() -> None:
 
 
 def test_stages_in_one_process_each_use_and_record_their_precision(tmp_path: Path) -> None:
-    sizes = {"train": 64, "validation": 32, "test": 32, "test-anti": 16}
+    sizes = {"train": 64, "validation": 32, "test": 32, "test_anti": 16}
     data = make_colored_mnist(ColoredMNISTConfig(0.9, sizes=sizes, seed=0), tmp_path / "data")
 
     def classifier(name: str, precision: str) -> dict:

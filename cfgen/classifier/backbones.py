@@ -2,7 +2,8 @@
 
 Every backbone maps (B, C, H, W) images in [-1, 1] to (B, feature_dim) features; heads and
 regularizers work on those features. ResNet weights come from a local file when given, never
-from a hub.
+from a hub. A classifier with a ResNet backbone is saved under torchvision's key names (its head
+as ``fc``), so ``torchvision.models.resnet18(num_classes=K).load_state_dict`` reads it as it is.
 """
 
 from pathlib import Path
@@ -74,3 +75,28 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(path)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def to_torchvision_keys(backbone: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A classifier's state (``backbone.network.*``, ``head.*``) under a torchvision ResNet's names; other
+    backbones keep cfgen's."""
+    if not backbone.startswith("resnet"):
+        return state
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("head."):
+            renamed["fc." + key.removeprefix("head.")] = value
+        else:
+            renamed[key.removeprefix("backbone.network.")] = value
+    return renamed
+
+
+def from_torchvision_keys(backbone: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``to_torchvision_keys``; a state already under cfgen's names (older checkpoints)
+    passes through."""
+    if not backbone.startswith("resnet") or any(key.startswith("backbone.") for key in state):
+        return state
+    return {
+        ("head." + key.removeprefix("fc.")) if key.startswith("fc.") else "backbone.network." + key: value
+        for key, value in state.items()
+    }

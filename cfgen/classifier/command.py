@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", type=int, help="resize every image to NxN RGB")
     parser.add_argument("--backbone", default=defaults.backbone, help="small-cnn, resnet18 or resnet50")
     parser.add_argument("--backbone-weights", help="local ResNet weights (.pth or .safetensors); never downloaded")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="passes over the training rows")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process")
     parser.add_argument(
         "--learning-rate",
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"AdamW learning rate (default {defaults.lr})",
     )
     add_renamed(parser, "--lr", "--learning-rate", dest="lr", type=float)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, one model each (default 0)")
     parser.add_argument(
         "--mixed-precision",

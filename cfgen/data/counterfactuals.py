@@ -19,7 +19,8 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from cfgen.data.table import FILE_COLUMN, METADATA_FILE, MetadataTable, write_card, write_metadata
+from cfgen.data.hub import write_dataset
+from cfgen.data.table import FILE_COLUMN, METADATA_FILE, MetadataTable, write_card
 from cfgen.interventions import Intervention, Request, format_assignment
 
 PROVENANCE_COLUMNS = ("cf_source", "cf_source_row", "cf_intervened", "cf_factual", "cf_counterfactual", "cf_generator")
@@ -69,8 +70,10 @@ def write_counterfactual_folder(
     intervention: Intervention,
     generator: str,
 ) -> None:
-    """Write metadata.csv and the card for a folder whose images ``image_name(i)`` are in place."""
-    write_metadata(folder, counterfactual_columns(source, requests, range(len(requests)), generator))
+    """Write the tables and the card of a folder whose images ``image_name(i)`` are in place (they move into
+    their source's split's folder, hub.py)."""
+    columns = counterfactual_columns(source, requests, range(len(requests)), generator)
+    write_dataset(folder, columns, string_columns=PROVENANCE_COLUMNS)
     card = {key: source.card[key] for key in ("label", "attributes", "vocabulary") if key in source.card}
     card["counterfactuals"] = {
         "source": str(Path(source_dir).resolve()),

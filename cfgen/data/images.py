@@ -5,6 +5,7 @@ Every image must exist, decode, and share one size and mode, unless the user ask
 long training run never dies on image 90,000.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,16 @@ class ImageFormat:
     @property
     def channels(self) -> int:
         return len(Image.new(self.mode, (1, 1)).getbands())
+
+    def check(self, images: Sequence[Image.Image], reader: str) -> None:
+        """Refuse PIL images of another size or mode than ``reader`` (a model) works on, in one line."""
+        found = {(image.size, image.mode) for image in images} - {(self.size, self.mode)}
+        if found:
+            (width, height), mode = next(iter(found))
+            raise CfgenError(
+                f"images are {width}x{height} {mode}; {reader} works on {self.size[0]}x{self.size[1]} {self.mode} "
+                "images: convert them first"
+            )
 
 
 def open_image(path: str | Path) -> Image.Image:

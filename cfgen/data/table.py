@@ -9,6 +9,7 @@ happens to be absent still encodes every value the same way.
 
 import csv
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,12 @@ CARD_FILE = "cfgen_dataset.json"
 FILE_COLUMN = "file_name"
 SPLIT_COLUMN = "split"
 PROVENANCE_PREFIX = "cf_"  # columns cfgen adds to counterfactual datasets
+
+
+def split_name(raw: str) -> str:
+    """A split name as Hugging Face ``datasets`` accepts it (``\\w+``): ``test-anti``, the built-in
+    datasets' name before, reads as ``test_anti``."""
+    return re.sub(r"\W+", "_", raw).strip("_") or "train"
 
 
 @dataclass
@@ -176,6 +183,8 @@ def read_imagefolder(root: str | Path) -> MetadataTable:
     by_column = zip(*rows, strict=True)  # lengths were checked above
     columns = {name: np.array(values, dtype=str) for name, values in zip(header, by_column, strict=True)}
     del rows, by_column
+    if SPLIT_COLUMN in columns:
+        columns[SPLIT_COLUMN] = np.array([split_name(split) for split in columns[SPLIT_COLUMN]], dtype=str)
     prefix = f"{root.resolve()}/"
     paths = np.array([prefix + name for name in columns[FILE_COLUMN]], dtype=object)
     card_path = root / CARD_FILE

@@ -44,6 +44,8 @@ from cfgen.generator.inference import (
     DEFAULT_GUIDANCE,
     DEFAULT_INVERSION_DEPTH,
     DEFAULT_STEPS,
+    INVERSIONS,
+    LOCALIZE,
     InferenceSettings,
     settings_for,
 )
@@ -135,7 +137,7 @@ class GeneratorSource:
                 target[k, self.schema.names.index(name)] = self.generator.condition_value(name, value)
         dtype = autocast_dtype(self.mixed_precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            path = [latent[of_request] for latent in self.pipeline.inversion_path(images, factual, self.inference)]
+            path = self.pipeline.inversion_path(images, factual, self.inference).select(of_request)
             samples = self.pipeline.edit(path, factual[of_request], target, self.inference)
         return to_uint8(samples)
 
@@ -223,7 +225,8 @@ def generate_counterfactuals(
     steps: int | None = None,
     inversion_depth: float | None = None,
     guidance: str | None = None,
-    localize: bool | None = None,
+    localize: str | None = None,
+    inversion: str | None = None,
     mixed_precision: str = "auto",
     resize: int | None = None,
     overwrite: bool = False,
@@ -252,7 +255,8 @@ def generate_counterfactuals(
     source: CounterfactualSource
     if str(generator) == EXACT:
         given = {
-            "--ddim-steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance, "--localize": localize
+            "--ddim-steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance, "--localize": localize,
+            "--inversion": inversion,
         }  # fmt: skip
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
@@ -270,7 +274,9 @@ def generate_counterfactuals(
         model = Generator.load(folder)
         check_sources(model, table if rows is None else table.select(np.array(rows)), str(folder), resize)
         intervention = parse_intervention(intervene, model.schema)
-        inference = settings_for(model, intervention.attributes, steps, inversion_depth, guidance, localize)
+        inference = settings_for(
+            model, intervention.attributes, steps, inversion_depth, guidance, localize, inversion
+        )
         source = GeneratorSource(model, folder, inference, resolve_mixed_precision(mixed_precision))
     requests = plan_requests(table, source.schema, intervention, seed=seed, rows=rows)
 
@@ -473,9 +479,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     inference.add_argument(
         "--localize",
-        action=argparse.BooleanOptionalAction,
-        help="keep the source outside the model's own mask of what the edit changes "
-        "(default: the generator's per attribute, chosen by tune-inference, else no)",
+        choices=LOCALIZE,
+        help="keep the source outside the model's own mask: of what the edit changes (edit), or of what "
+        "the kept variables have no say in (others) (default: the generator's per attribute, chosen by "
+        "tune-inference, else no)",
+    )
+    add_renamed(inference, "--no-localize", "--localize no", dest="localize", const="no")
+    inference.add_argument(
+        "--inversion",
+        choices=INVERSIONS,
+        help="ddim: deterministic inversion; ddpm: edit-friendly inversion, which keeps more of the image "
+        "through a deep one (default: the generator's per attribute, chosen by tune-inference, else ddim)",
     )
     inference.add_argument(
         "--mixed-precision",
@@ -500,6 +514,7 @@ def run(args: argparse.Namespace) -> None:
         inversion_depth=args.inversion_depth,
         guidance=args.guidance,
         localize=args.localize,
+        inversion=args.inversion,
         mixed_precision=args.mixed_precision,
         resize=args.resize,
         overwrite=args.overwrite,

@@ -18,6 +18,13 @@ from cfgen.generator.model import Generator
 DEFAULT_STEPS = 20
 DEFAULT_INVERSION_DEPTH = 0.6  # measured on colour edits: see docs/generator.md
 DEFAULT_GUIDANCE = 3.0
+# ddim: deterministic inversion; ddpm: edit-friendly inversion (independent noisy latents, the noise
+# each decoding step needs kept), which carries more of the image through a deep inversion.
+INVERSIONS = ("ddim", "ddpm")
+# Where an edit may change the image: everywhere (no); where the model's prediction under the target
+# values differs from that under the factual ones (edit: suits what covers little, a stroke's colour);
+# wherever the other variables have no say (others: suits what covers much, a background).
+LOCALIZE = ("no", "edit", "others")
 
 
 @dataclass(frozen=True)
@@ -27,15 +34,22 @@ class InferenceSettings:
     steps: int = DEFAULT_STEPS
     inversion_depth: float = DEFAULT_INVERSION_DEPTH
     guidance: dict[str, float] = field(default_factory=dict)  # variable -> weight, used when decoding
-    localize: bool = False  # keep the source outside the model's own edit mask (``edit_mask``)
+    localize: str = "no"  # one of LOCALIZE: the source is kept outside the model's own mask (``edit_mask``)
+    inversion: str = "ddim"  # one of INVERSIONS
 
     def __post_init__(self) -> None:
+        if isinstance(self.localize, bool):  # settings saved before masks had kinds
+            object.__setattr__(self, "localize", "edit" if self.localize else "no")
+        if self.localize not in LOCALIZE:
+            raise CfgenError(f"--localize must be one of {', '.join(LOCALIZE)}, not {self.localize!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise CfgenError(f"--steps must be a whole number >= 1, not {self.steps!r}")
         if not 0 < self.inversion_depth <= 1:
             raise CfgenError(
                 f"--inversion-depth must be in (0, 1] (a fraction of the noise range), not {self.inversion_depth!r}"
             )
+        if self.inversion not in INVERSIONS:
+            raise CfgenError(f"--inversion must be one of {', '.join(INVERSIONS)}, not {self.inversion!r}")
         bad = [name for name, weight in self.guidance.items() if not math.isfinite(weight)]
         if bad:
             raise CfgenError(f"guidance weight of {bad[0]!r} must be a finite number")
@@ -46,6 +60,7 @@ class InferenceSettings:
             "inversion_depth": self.inversion_depth,
             "guidance": dict(self.guidance),
             "localize": self.localize,
+            "inversion": self.inversion,
         }
 
 
@@ -77,14 +92,15 @@ def settings_for(
     steps: int | None = None,
     inversion_depth: float | None = None,
     guidance: str | None = None,
-    localize: bool | None = None,
+    localize: str | None = None,
+    inversion: str | None = None,
 ) -> InferenceSettings:
     """The settings of an edit of ``intervened``: what is given, else what was chosen for those
     attributes on validation data and saved with the generator, else the defaults.
 
     A joint edit of attributes tuned apart inverts as deep and takes as many steps as the most
-    demanding of them needs, guides each attribute with its own weight, and is localized when any
-    of them is.
+    demanding of them needs, guides each attribute with its own weight, and is localized (or
+    inverted edit-friendly) when any of them is (masks of two kinds: `others`).
     """
     chosen = generator.inference.get("attributes", {})
     tuned = [chosen[name] for name in intervened if name in chosen]
@@ -98,8 +114,18 @@ def settings_for(
         if inversion_depth is not None
         else max((t["inversion_depth"] for t in tuned), default=DEFAULT_INVERSION_DEPTH),
         guidance=weights,
-        localize=localize if localize is not None else any(t.get("localize", False) for t in tuned),
+        localize=localize
+        if localize is not None
+        else max((_localize(t.get("localize", "no")) for t in tuned), default="no", key=LOCALIZE.index),
+        inversion=inversion
+        if inversion is not None
+        else max((t.get("inversion", "ddim") for t in tuned), default="ddim", key=INVERSIONS.index),
     )
+
+
+def _localize(saved: str | bool) -> str:
+    """A saved choice, including the booleans written before masks had kinds."""
+    return {True: "edit", False: "no"}.get(saved, saved)
 
 
 def _weight(text: str, what: str) -> float:

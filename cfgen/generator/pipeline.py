@@ -1,15 +1,19 @@
 """``CounterfactualPipeline``: a trained generator as a diffusers pipeline that edits attributes of images.
 
-Abduction inverts each image to the noise that produces it under its factual label and attributes
-(DDIM inversion, deterministic); action replaces the intervened values; prediction decodes the
-noise under the new values with DDIM and classifier-free guidance per attribute, so the edited
-attributes are pushed toward their targets while the inverted noise carries the rest of the image.
+Abduction inverts each image to the noise that produces it under its factual label and attributes;
+action replaces the intervened values; prediction decodes the noise under the new values with
+classifier-free guidance per attribute, so the edited attributes are pushed toward their targets
+while what abduction kept carries the rest of the image.
 
-The inversion can stop part-way (``inversion_depth`` < 1): the coarse structure set at the higher
-noise levels is then kept and only the rest is redrawn, trading edit strength for preservation.
-``steps`` DDIM steps are spread evenly over the part of the noise range used, with the same
-timesteps both ways, so decoding under the factual values retraces the inversion. A localized edit
-keeps the source outside the model's own edit mask.
+Two inversions: DDIM's (deterministic: one latent per noise level, all of the image in the final
+noise) and an edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024: a noisy latent per
+level drawn independently, and for each decoding step the correction that leads from one to the
+next, so decoding under the factual values lands on the source exactly and the corrections, not
+only the final noise, carry the image's layout into the edit). The inversion can stop part-way
+(``inversion_depth`` < 1): the coarse structure set at the higher noise levels is then kept and
+only the rest is redrawn, trading edit strength for preservation. ``steps`` steps are spread evenly
+over the part of the noise range used, with the same timesteps both ways. A localized edit keeps
+the source outside the model's own edit mask.
 
     pipe = CounterfactualPipeline.from_pretrained("runs/gen")      # or DiffusionPipeline.from_pretrained
     out = pipe(images, [{"digit": "3", "fg_color": "red", ...}, ...], "fg_color=green")
@@ -18,6 +22,7 @@ keeps the source outside the model's own edit mask.
 
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +65,28 @@ class CounterfactualPipelineOutput(BaseOutput):
 
 
 @dataclass
+class InversionPath:
+    """Abduction's result: ``latents[0]`` the images, ``latents[k]`` the latent k levels up (the last is
+    where decoding starts); with the edit-friendly inversion, ``corrections[s]`` is added to decoding
+    step s (from the noisiest), the part of the source's next latent the model does not predict."""
+
+    latents: list[torch.Tensor]
+    corrections: list[torch.Tensor] | None = None
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> "InversionPath":
+        """The path of the given images (by index, repeats allowed: one per counterfactual)."""
+        pick = lambda tensors: [tensor[rows] for tensor in tensors]  # noqa: E731
+        return InversionPath(pick(self.latents), None if self.corrections is None else pick(self.corrections))
+
+
+@dataclass
 class CounterfactualInversionOutput(BaseOutput):
-    """The noise at the inversion depth, and every latent on the way there (``path[0]`` is the images)."""
+    """The noise at the inversion depth, every latent on the way there (``path[0]`` is the images) and,
+    for the edit-friendly inversion, the correction of each decoding step."""
 
     latents: torch.Tensor
     path: list[torch.Tensor]
+    corrections: list[torch.Tensor] | None = None
 
 
 class CounterfactualPipeline(DiffusionPipeline):
@@ -147,65 +169,126 @@ class CounterfactualPipeline(DiffusionPipeline):
         self.inverse_scheduler.set_timesteps(self.schedule_length(settings))
         return self.inverse_scheduler.timesteps[: settings.steps]
 
+    def decoding_timesteps(self, settings: InferenceSettings) -> torch.Tensor:
+        """The timesteps decoding visits, noisiest first: inversion's, backwards."""
+        self.scheduler.set_timesteps(self.schedule_length(settings))
+        return self.scheduler.timesteps[-settings.steps :]
+
     @torch.inference_mode()
     def inversion_path(
         self, images: torch.Tensor, factual: torch.Tensor, settings: InferenceSettings
-    ) -> list[torch.Tensor]:
-        """Abduction, keeping the way: [images, the latent after each inversion step, ..., the noise]."""
+    ) -> InversionPath:
+        """Abduction, keeping the way: every latent from the images up to the noise (and the corrections)."""
+        if settings.inversion == "ddpm":
+            return self.edit_friendly_inversion(images, factual, settings)
         model = self.model
         path = [images]
         for t in self.inversion_timesteps(settings):
             noise = model.predict_noise(path[-1], t, factual).to(images.dtype)
             path.append(self.inverse_scheduler.step(noise, int(t), path[-1]).prev_sample)
-        return path
+        return InversionPath(path)
+
+    @torch.inference_mode()
+    def edit_friendly_inversion(
+        self, images: torch.Tensor, factual: torch.Tensor, settings: InferenceSettings
+    ) -> InversionPath:
+        """Each level's latent noised from the images independently; each decoding step's correction is
+        what DDPM's step (eta 1, no noise of its own) under the factual values misses of the next one.
+
+        The noise is drawn from each image's own content, so an image gets the same edit whatever
+        batch, process or position it comes in.
+        """
+        model = self.model
+        timesteps = self.decoding_timesteps(settings)  # noisiest first
+        noise = torch.stack([
+            torch.randn((settings.steps, *image.shape), generator=torch.Generator().manual_seed(_content_seed(image)))
+            for image in images
+        ], dim=1).to(images.device, images.dtype)  # fmt: skip
+        alphas = self.scheduler.alphas_cumprod.to(images.device)
+        latents = [images]
+        for level, t in enumerate(timesteps.flip(0)):  # latents[level + 1] is at timestep t
+            a = alphas[t].to(images.dtype)
+            latents.append(a.sqrt() * images + (1 - a).sqrt() * noise[level])
+        corrections = []
+        for step, t in enumerate(timesteps):
+            sample, target = latents[settings.steps - step], latents[settings.steps - 1 - step]
+            eps = model.predict_noise(sample, t, factual).to(images.dtype)
+            corrections.append(target - self.ddpm_step(eps, t, sample))
+        return InversionPath(latents, corrections)
+
+    def ddpm_step(self, eps: torch.Tensor, t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The mean of DDPM's step from ``t`` to the previous decoding timestep (DDIM with eta 1, no noise)."""
+        zero = torch.zeros_like(sample)
+        return self.scheduler.step(eps, int(t), sample, eta=1.0, variance_noise=zero).prev_sample
 
     @torch.inference_mode()
     def edit_mask(
-        self, path: list[torch.Tensor], factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
+        self, path: InversionPath, factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
     ) -> torch.Tensor:
-        """(B, 1, H, W), 1 where the edit may change the image: where the noise predicted under the target
-        values differs from that under the factual ones, summed along the source's inversion path,
-        smoothed, split from the rest by Otsu's threshold (per image) and grown by a pixel.
+        """(B, 1, H, W), 1 where the edit may change the image, from the model's own predictions along the
+        source's inversion path; no knowledge of the images.
 
-        The model's own answer to "what does this attribute change?": no knowledge of the images.
+        ``edit``: where the noise predicted under the target values differs from that under the factual
+        ones, split from the rest by Otsu's threshold (per image) and grown by a pixel. ``others``:
+        everywhere but what the variables the edit keeps have a say in (where forgetting one of them
+        changes the prediction), that region split off likewise; not grown, since the edit must reach
+        the pixels next to it (a grown one left a rim of the old background round every stroke).
         """
         model = self.model
-        difference = torch.zeros_like(path[0][:, :1], dtype=torch.float32)
-        for latent, t in zip(path[1:], self.inversion_timesteps(settings), strict=True):
-            predicted = model.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
-            before, after = predicted.float().chunk(2)
-            difference += (after - before).abs().mean(1, keepdim=True)
-        smooth = F.avg_pool2d(difference, 3, stride=1, padding=1, count_include_pad=False)
-        return F.max_pool2d((smooth > otsu_threshold(smooth)).float(), 3, stride=1, padding=1)
+        kept = (target == factual).float()  # (B, V): the variables the edit keeps
+        influence = torch.zeros_like(path.latents[0][:, :1], dtype=torch.float32)
+        for latent, t in zip(path.latents[1:], self.inversion_timesteps(settings), strict=True):
+            if settings.localize == "edit":
+                predicted = model.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
+                before, after = predicted.float().chunk(2)
+                influence += (after - before).abs().mean(1, keepdim=True)
+                continue
+            batch, variables = factual.shape
+            forget = ~torch.eye(variables, dtype=torch.bool, device=factual.device).repeat_interleave(batch, 0)
+            predicted = model.predict_noise(
+                latent.repeat(variables + 1, 1, 1, 1), t, factual.repeat(variables + 1, 1),
+                torch.cat([torch.ones_like(forget[:batch]), forget]),
+            ).float()  # fmt: skip
+            full, without = predicted[:batch], predicted[batch:].reshape(variables, *latent.shape)
+            change = (without - full).abs().mean(2, keepdim=True)  # (V, B, 1, H, W)
+            influence += (change * kept.T[:, :, None, None, None]).sum(0)
+        smooth = F.avg_pool2d(influence, 3, stride=1, padding=1, count_include_pad=False)
+        region = (smooth > otsu_threshold(smooth)).float()
+        if settings.localize == "edit":
+            return F.max_pool2d(region, 3, stride=1, padding=1)
+        return 1 - region
 
     @torch.inference_mode()
     def decode(
         self,
-        path: list[torch.Tensor],
+        path: InversionPath,
         target: torch.Tensor,
         settings: InferenceSettings,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Prediction: DDIM from the path's noise to an image under ``target``, guided per attribute.
+        """Prediction: from the path's noise to an image under ``target``, guided per attribute (DDIM, or
+        DDPM's step plus the path's corrections).
 
         With a ``mask``, each step's result outside it is replaced by the source's latent at the same
         noise level, so what the edit must not touch ends as it was.
         """
         model = self.model
-        self.scheduler.set_timesteps(self.schedule_length(settings))
-        sample = path[-1]
-        for step, t in enumerate(self.scheduler.timesteps[-settings.steps :]):
+        sample = path.latents[-1]
+        for step, t in enumerate(self.decoding_timesteps(settings)):
             eps = model.guided_noise(sample, t, target, settings.guidance).to(sample.dtype)
-            sample = self.scheduler.step(eps, int(t), sample, eta=0.0).prev_sample
+            if path.corrections is None:
+                sample = self.scheduler.step(eps, int(t), sample, eta=0.0).prev_sample
+            else:
+                sample = self.ddpm_step(eps, t, sample) + path.corrections[step]
             if mask is not None:
-                sample = torch.lerp(path[settings.steps - 1 - step], sample, mask.to(sample.dtype))
+                sample = torch.lerp(path.latents[settings.steps - 1 - step], sample, mask.to(sample.dtype))
         return sample
 
     def edit(
-        self, path: list[torch.Tensor], factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
+        self, path: InversionPath, factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
     ) -> torch.Tensor:
         """Action and prediction from a source's inversion path, within the model's own mask when localized."""
-        mask = self.edit_mask(path, factual, target, settings) if settings.localize else None
+        mask = None if settings.localize == "no" else self.edit_mask(path, factual, target, settings)
         return self.decode(path, target, settings, mask)
 
     # ---- what users call: images, rows of values and an intervention in ----
@@ -216,13 +299,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         if isinstance(images, PIL.Image.Image):
             images = [images]
         if not isinstance(images, torch.Tensor):
-            found = {(image.size, image.mode) for image in images} - {(expected.size, expected.mode)}
-            if found:
-                (width, height), mode = next(iter(found))
-                raise CfgenError(
-                    f"images are {width}x{height} {mode}; this generator works on "
-                    f"{expected.size[0]}x{expected.size[1]} {expected.mode} images: convert them first"
-                )
+            expected.check(images, "this generator")
         tensor = self.image_processor.preprocess(images)
         if tensor.shape[1:] != (expected.channels, expected.size[1], expected.size[0]):
             raise CfgenError(f"images of shape {tuple(tensor.shape[1:])} do not match this generator's {expected}")
@@ -253,12 +330,14 @@ class CounterfactualPipeline(DiffusionPipeline):
         factual: Sequence[dict[str, Any]] | MetadataTable,
         steps: int | None = None,
         inversion_depth: float | None = None,
+        inversion: str | None = None,
     ) -> CounterfactualInversionOutput:
-        """Abduction alone: the noise at ``inversion_depth`` that decodes to ``images`` under ``factual``."""
-        settings = settings_for(self.model, (), steps, inversion_depth)
+        """Abduction alone: the noise at ``inversion_depth`` that decodes to ``images`` under ``factual``
+        (``inversion``: "ddim" or the edit-friendly "ddpm")."""
+        settings = settings_for(self.model, (), steps, inversion_depth, inversion=inversion)
         rows = self.prepare_conditions(self.factual_rows(factual))
         path = self.inversion_path(self.prepare_images(images), rows, settings)
-        return CounterfactualInversionOutput(latents=path[-1], path=path)
+        return CounterfactualInversionOutput(latents=path.latents[-1], path=path.latents, corrections=path.corrections)
 
     @torch.inference_mode()
     def __call__(
@@ -269,7 +348,8 @@ class CounterfactualPipeline(DiffusionPipeline):
         steps: int | None = None,
         inversion_depth: float | None = None,
         guidance: str | float | None = None,
-        localize: bool | None = None,
+        localize: str | None = None,
+        inversion: str | None = None,
         seed: int = 0,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -303,10 +383,10 @@ class CounterfactualPipeline(DiffusionPipeline):
 
         # 3. The inference settings: those given, else those chosen for the edited attributes
         weights = None if guidance is None else str(guidance)
-        settings = settings_for(model, parsed.attributes, steps, inversion_depth, weights, localize)
+        settings = settings_for(model, parsed.attributes, steps, inversion_depth, weights, localize, inversion)
 
         # 4. Abduction: invert each source image once, along its path
-        path = [latent[sources] for latent in self.inversion_path(source_images, factual_rows, settings)]
+        path = self.inversion_path(source_images, factual_rows, settings).select(sources)
 
         # 5. Prediction: decode under the target values (within the model's own mask when localized)
         edited = self.edit(path, factual_rows[sources], target_rows, settings)
@@ -395,6 +475,12 @@ def store_inference(folder: str | Path, inference: dict[str, Any]) -> None:
             os.replace(partial, path)
     # the card from the record just written: no need to load the weights
     (folder / "README.md").write_text(model_card(json.loads((folder / CONFIG_FILE).read_text())))
+
+
+def _content_seed(image: torch.Tensor) -> int:
+    """A seed from an image's pixels (as 8-bit values, so that precision does not change it)."""
+    pixels = ((image.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return zlib.crc32(pixels.numpy().tobytes())
 
 
 # DiffusionPipeline.from_pretrained finds a pipeline class by its name in the diffusers namespace.

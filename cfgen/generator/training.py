@@ -780,20 +780,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tiny (tests), quick (CPU minutes), standard (ten times quick's training), full (GPU)",
     )
 
-    preset = parser.add_argument_group("preset values (override the preset)")
-    preset.add_argument("--architecture", choices=list(ARCHITECTURES))
+    preset = parser.add_argument_group("preset values (default: the preset's, docs/generator.md; given, they win)")
+    preset.add_argument("--architecture", choices=list(ARCHITECTURES), help="UNet size")
     preset.add_argument("--steps", type=int, help="optimizer steps")
     preset.add_argument("--batch-size", type=int, help="images per process per step")
-    preset.add_argument("--learning-rate", type=float)
-    preset.add_argument("--warmup-steps", type=int)
+    preset.add_argument("--learning-rate", type=float, help="AdamW learning rate after warm-up")
+    preset.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warm-up")
     preset.add_argument("--ema-decay", type=float, help="largest EMA decay (reached with warmup)")
     preset.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: never)")
     preset.add_argument("--sample-every", type=int, help="steps between preview grids (0: never)")
-    preset.add_argument("--log-every", type=int)
+    preset.add_argument("--log-every", type=int, help="steps between logged losses")
     preset.add_argument("--judge-steps", type=int, help="training steps of the consistency judges")
-    preset.add_argument("--judge-batch-size", type=int)
+    preset.add_argument("--judge-batch-size", type=int, help="batch of the consistency judges")
 
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
     parser.add_argument("--keep-checkpoints", type=int, default=2, help="latest checkpoints kept (default 2)")
     parser.add_argument("--condition-dropout", type=float, default=0.1, help="per-variable dropout (default 0.1)")
     parser.add_argument(
@@ -824,7 +824,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where losses and preview grids are logged (default tensorboard, under OUT/logs; wandb runs offline "
         "unless you are logged in)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, batches and noise")
 
     debias = parser.add_argument_group("deconfounding (see docs/generator.md)")
     debias.add_argument("--deconfound", default="none", help="none, or reweight and/or consistency (comma-separated)")
