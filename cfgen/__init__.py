@@ -1,7 +1,7 @@
 """cfgen: measure confounding, generate counterfactual images, train debiased classifiers."""
 
-from cfgen._torchvision_compat import patch_torchvision
+from cfgen._torchvision_compat import patch_before_import
 
-patch_torchvision()
+patch_before_import()
 
 __version__ = "0.1.0"

@@ -6,19 +6,21 @@ cannot load, torchvision then registers fake kernels for operators that were nev
 torchvision whenever it is installed, so diffusers breaks too. Defining the schemas of the two
 operators that torchvision only ever registers from C++ lets the pure-Python parts (transforms,
 models, datasets, utils) import and work. Where the extension loads, nothing is done.
+
+``patch_before_import`` defers all of it (and torch's import) to the first import of torchvision
+or diffusers, so that importing cfgen, and ``cfgen --help``, stay light.
 """
 
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
-
-import torch
 
 _SCHEMAS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 )
-_library: torch.library.Library | None = None  # kept alive: the schemas vanish with it
+_library = None  # the torch.library.Library, kept alive: the schemas vanish with it
 
 
 def torchvision_extension_loads() -> bool:
@@ -29,6 +31,8 @@ def torchvision_extension_loads() -> bool:
     extensions = sorted(Path(spec.submodule_search_locations[0]).glob("_C*.so"))
     if not extensions:
         return True
+    import torch
+
     try:
         torch.ops.load_library(str(extensions[0]))
     except OSError:
@@ -41,7 +45,25 @@ def patch_torchvision() -> bool:
     global _library
     if _library is not None or "torchvision" in sys.modules or torchvision_extension_loads():
         return False
+    import torch
+
     _library = torch.library.Library("torchvision", "FRAGMENT")
     for schema in _SCHEMAS:
         _library.define(schema)
     return True
+
+
+class _PatchFirst(importlib.abc.MetaPathFinder):
+    """Applies ``patch_torchvision`` when torchvision or diffusers is first imported, then steps aside."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name in ("torchvision", "diffusers"):
+            sys.meta_path.remove(self)
+            patch_torchvision()
+        return None  # the import itself goes on as usual
+
+
+def patch_before_import() -> None:
+    """Defer ``patch_torchvision`` to the first import of torchvision or diffusers."""
+    if not any(isinstance(finder, _PatchFirst) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PatchFirst())

@@ -4,11 +4,13 @@ import subprocess
 import sys
 
 SCRIPT = """
-import cfgen._torchvision_compat as compat  # importing cfgen applies the patch where needed
+import sys
+import cfgen._torchvision_compat as compat  # importing cfgen defers the patch to torchvision's import
+assert "torch" not in sys.modules and compat._library is None  # importing cfgen stays light
+import torch, torchvision
 patched = compat._library is not None
 assert patched == (not compat.torchvision_extension_loads()), patched
 assert compat.patch_torchvision() is False  # once is enough
-import torch, torchvision
 from torchvision.transforms import v2
 from diffusers import UNet2DModel
 image = v2.RandomResizedCrop(16)(torch.rand(3, 32, 32))
@@ -31,3 +33,12 @@ def test_nothing_is_done_once_torchvision_is_imported() -> None:
     script = "import torchvision\nimport cfgen._torchvision_compat as c\nprint(c.patch_torchvision())"
     result = subprocess.run([sys.executable, "-c", "import cfgen\n" + script], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
+
+
+def test_cfgen_help_imports_neither_torch_nor_diffusers() -> None:
+    script = (
+        "import sys\nfrom cfgen.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().endswith("[]"), result.stdout[-500:] + result.stderr[-2000:]

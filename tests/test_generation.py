@@ -401,7 +401,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
         assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)
         assert {(s["inversion"], s["localize"]) for s in scores} == set(product(("ddim", "ddpm"), ("no", "others")))
         best = max(scores, key=lambda s: (
-            s["success"], s["inversion"] == "ddim", s["localize"] == "no", -s["inversion_depth"], -s["guidance"]
+            s["success"], s["inversion"] == "ddpm", s["localize"] == "no", -s["inversion_depth"], -s["guidance"]
         ))  # fmt: skip
         expected = {"steps": 4, **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion")}}
         assert inference["attributes"][name] == expected

@@ -463,7 +463,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ddim-steps",
         dest="steps",
         type=int,
-        help=f"DDIM steps each way (default: the generator's, chosen by tune-inference, else {DEFAULT_STEPS})",
+        help=f"steps each way (default: the generator's, chosen by tune-inference, else {DEFAULT_STEPS})",
     )
     add_renamed(inference, "--steps", "--ddim-steps", dest="steps", type=int)
     inference.add_argument(
@@ -488,8 +488,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inference.add_argument(
         "--inversion",
         choices=INVERSIONS,
-        help="ddim: deterministic inversion; ddpm: edit-friendly inversion, which keeps more of the image "
-        "through a deep one (default: the generator's per attribute, chosen by tune-inference, else ddim)",
+        help="ddpm: edit-friendly inversion, which carries more of the image into the edit; ddim: deterministic "
+        "inversion (default: the generator's per attribute, chosen by tune-inference, else ddpm)",
     )
     inference.add_argument(
         "--mixed-precision",
