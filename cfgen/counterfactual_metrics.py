@@ -4,6 +4,9 @@
 - preservation: the label and every attribute that was not intervened on read as their factual
   values; agreement: they read as the judges read the source image (the judges' own mistakes on
   the source do not count against the counterfactual);
+- realism: Frechet distance between the judges' features of the source images and of the
+  counterfactuals; and, for folders a trained generator made, composition and reversibility
+  (``soundness.py``) on the first ``soundness_images`` edits;
 - error to the exact counterfactual (built-in datasets, ``--exact``): mean squared pixel difference,
   images in [0, 1], against the ground-truth re-rendering of the same edit; and, free of any judge,
   shape fidelity: the IoU of the stroke masks of the edit and of the exact counterfactual, and the
@@ -46,6 +49,7 @@ from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
 from cfgen.errors import CfgenError
 from cfgen.generator.deconfounding import JUDGES_CONFIG, JUDGES_VERSION, AttributeJudges, train_judges
 from cfgen.io import atomic_output_dir, write_json, write_run_record
+from cfgen.soundness import frechet_distance, generator_edit, soundness
 
 METRICS_FILE = "metrics.json"
 PIXEL_JUDGED = {"fg_color": colored_mnist.FG_COLORS, "bg_color": colored_mnist.BG_COLORS}
@@ -56,6 +60,7 @@ DEFAULT_JUDGE_STEPS = 2000
 DEFAULT_JUDGE_BATCH_SIZE = 128
 DEFAULT_JUDGE_IMAGES = 20000
 DEFAULT_RARE_RATIO = 0.2
+DEFAULT_SOUNDNESS_IMAGES = 32  # edited 11 times each: composition's 10 and reversibility's 1
 
 
 def default_judge_cache() -> Path:
@@ -91,12 +96,25 @@ class Judges:
             with torch.inference_mode():
                 for start in range(0, len(images), batch_size):
                     part = images[start : start + batch_size]
-                    _, logits = self.network(to_model_range(stroke_map(part) if self.colour_free else part).to(device))
+                    _, logits = self.network(self._input(part).to(device))
                     for j, head in enumerate(logits):
                         outputs[j].append(head.argmax(1).cpu().numpy())
             for j, name in enumerate(self.network.names):
                 read[name] = np.concatenate(outputs[j])
         return read
+
+    def features(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray | None:
+        """(N, D) features of the network's trunk for uint8 images; None when every variable is read from pixels."""
+        if self.network is None:
+            return None
+        device = next(self.network.parameters()).device
+        with torch.inference_mode():
+            parts = [self.network(self._input(images[s : s + batch_size]).to(device))[0].float().cpu().numpy()
+                     for s in range(0, len(images), batch_size)]  # fmt: skip
+        return np.concatenate(parts)
+
+    def _input(self, images: np.ndarray) -> torch.Tensor:
+        return to_model_range(stroke_map(images) if self.colour_free else images)
 
     def _codes(self, name: str, palette_names: np.ndarray) -> np.ndarray:
         variable = self.schema[name]
@@ -395,6 +413,7 @@ def evaluate_counterfactuals(
     rare_ratio: float = DEFAULT_RARE_RATIO,
     seed: int = 0,
     progress: bool = False,
+    soundness_images: int = DEFAULT_SOUNDNESS_IMAGES,
 ) -> dict[str, Any]:
     """The metrics of a counterfactual folder made from ``data`` (see the module docstring)."""
     cf_dir, data = Path(counterfactuals), Path(data)
@@ -415,10 +434,13 @@ def evaluate_counterfactuals(
         data, source, schema, Path(judge_cache) if judge_cache else default_judge_cache(),
         judge_steps, judge_batch_size, judge_images, seed, progress,
     )  # fmt: skip
-    judged = judges(load_images(cf.image_paths, judges.image_format, progress))
+    cf_images = load_images(cf.image_paths, judges.image_format, progress)
+    judged = judges(cf_images)
 
     source_rows, of_row = np.unique(cf.column("cf_source_row").astype(np.int64), return_inverse=True)
-    read_sources = judges(load_images(source.image_paths[source_rows], judges.image_format))
+    source_images = load_images(source.image_paths[source_rows], judges.image_format)
+    read_sources = judges(source_images)
+    real_features, cf_features = judges.features(source_images), judges.features(cf_images)
     accuracy = {}
     for name, codes in read_sources.items():
         expected = schema[name].encode(source.column(name)[source_rows])
@@ -434,6 +456,8 @@ def evaluate_counterfactuals(
         scores = _scores(judged, sources, cf, schema, rows)
         for name, values in errors.items():
             scores[name] = _mean(values[rows][~np.isnan(values[rows])])
+        enough = real_features is not None and len(rows) >= 2 and len(real_features) >= 2
+        scores["realism_frechet"] = frechet_distance(real_features, cf_features[rows]) if enough else None
         return scores
 
     breakdown = {}
@@ -444,6 +468,14 @@ def evaluate_counterfactuals(
             **scores_of(rows),
             "by_intervention": {name: scores_of(rows[interventions == name]) for name in sorted(set(interventions))},
         }
+    edit = generator_edit(cf_dir) if soundness_images > 0 else None
+    found = None
+    if edit is not None:
+        first = np.arange(min(soundness_images, len(cf)))
+        names = source.attribute_candidates()  # every variable a generator may condition on
+        set_values = [{name: str(cf.column(name)[i]) for name in names} for i in first]
+        source_values = [{name: str(source.column(name)[source_rows[of_row[i]]]) for name in names} for i in first]
+        found = soundness(edit, source_images[of_row[first]], source_values, cf_images[first], set_values)
     return {
         "counterfactuals": str(cf_dir.resolve()),
         "data": str(data.resolve()),
@@ -453,6 +485,7 @@ def evaluate_counterfactuals(
         "absent: never seen",
         "judges": judges.record,
         "judge_accuracy_on_sources": accuracy,
+        "soundness": found,
         **breakdown,
     }
 
@@ -473,6 +506,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-batch-size", type=int, default=DEFAULT_JUDGE_BATCH_SIZE, help="batch of the judges")
     parser.add_argument("--judge-images", type=int, default=DEFAULT_JUDGE_IMAGES, help="re-rendered (built-in only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the judges' training")
+    parser.add_argument(
+        "--soundness-images",
+        type=int,
+        default=DEFAULT_SOUNDNESS_IMAGES,
+        help="edits whose composition and reversibility are measured, when a trained generator made the folder "
+        "(0: none)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -481,6 +521,7 @@ def run(args: argparse.Namespace) -> None:
         metrics = evaluate_counterfactuals(
             args.counterfactuals, args.data, args.exact, args.label, args.attributes, args.judge_cache,
             args.judge_steps, args.judge_batch_size, args.judge_images, args.rare_ratio, args.seed, progress=True,
+            soundness_images=args.soundness_images,
         )  # fmt: skip
         write_json(staging / METRICS_FILE, metrics)
         write_run_record(staging, {k: v for k, v in vars(args).items() if k != "handler"}, seed=args.seed)
@@ -496,7 +537,13 @@ def run(args: argparse.Namespace) -> None:
             line += f", MSE to exact {_fmt(scores['mse_to_exact'], 4)}"
         if "stroke_iou" in scores:
             line += f", stroke IoU {_fmt(scores['stroke_iou'])}, width error {_fmt(scores['stroke_width_error'])} px"
+        line += f", realism (Frechet) {_fmt(scores['realism_frechet'], 2)}"
         print(line)
+    if metrics["soundness"]:
+        found = metrics["soundness"]
+        horizons = ", ".join(f"{k} edit{'s' * (k != '1')} {_fmt(v, 4)}" for k, v in found["composition_l1"].items())
+        print(f"soundness on {found['images']} edits: composition L1 after {horizons}; reversibility L1 "
+              f"{_fmt(found['reversibility_l1'], 4)}")  # fmt: skip
     print(f"wrote {Path(args.out) / METRICS_FILE}")
 
 

@@ -57,7 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "deconfound": "reweight", "generator_steps": None, "sources": 16, "ddim_steps": 4, "judge_steps": 20,
         "epochs": 1, "seeds": (0,), "sizes": {"train": 160, "validation": 40, "test": 60, "test_anti": 40},
         "tune": {
-            "sources": 8, "depths": (0.6, 1.0), "guidance": (3.0,), "localize": LOCALIZE, "inversions": INVERSIONS
+            "sources": 8, "depths": (1.0,), "guidance": (3.0,), "localize": LOCALIZE, "inversions": INVERSIONS
         },
     },
     "quick": {
@@ -308,15 +308,18 @@ def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
             "against the exact counterfactuals (`counterfactual_quality.json`; rare/absent: target pairs rare or "
             "never seen in training):",
             "",
-            "| | effectiveness | preservation | success | MSE to exact | stroke IoU | stroke width error (px) |",
-            "|---|---|---|---|---|---|---|",
+            "| | effectiveness | preservation | success | MSE to exact | stroke IoU | stroke width error (px) "
+            "| realism (Frechet) |",
+            "|---|---|---|---|---|---|---|---|",
             *(
                 f"| {name} | {_number(part['effectiveness']['all'])} | {_number(part['preservation']['all'])} "
                 f"| {_number(part['success'])} | {_number(part.get('mse_to_exact'), 4)} "
-                f"| {_number(part.get('stroke_iou'))} | {_number(part.get('stroke_width_error'), 2)} |"
+                f"| {_number(part.get('stroke_iou'))} | {_number(part.get('stroke_width_error'), 2)} "
+                f"| {_number(part.get('realism_frechet'), 2)} |"
                 for name, part in _quality_rows(quality)
             ),
             "",
+            *_soundness_lines(quality.get("soundness")),
             "Per attribute (all edits): how often the edited attribute reached its target, and how often each "
             "other variable kept its value:",
             "",
@@ -383,6 +386,19 @@ def _pairing_note(sources: int | None) -> list[str]:
 def _splits(summary: dict) -> list[str]:
     first = next(iter(summary["classifiers"].values()), {})
     return [split for split in first if split != "train"]
+
+
+def _soundness_lines(found: dict | None) -> list[str]:
+    if not found:
+        return []
+    composition = found["composition_l1"]
+    return [
+        f"Soundness on {found['images']} edits (mean L1 pixel distance to the source, images in [0, 1]): "
+        f"composition (edited to its own values) {composition['1']:.4f} after one edit, {composition['10']:.4f} after "
+        f"ten; reversibility (edited back) {found['reversibility_l1']:.4f}. Realism: Frechet distance between the "
+        "judges' features of the sources and of the edits (0: the same distribution).",
+        "",
+    ]
 
 
 def _quality_rows(quality: dict) -> list[tuple[str, dict]]:

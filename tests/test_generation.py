@@ -293,6 +293,17 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
     assert bad["all"]["preservation"]["digit"] == pytest.approx(accuracy["digit"], abs=1e-9)
     assert bad["all"]["agreement_with_source"]["all"] == 1.0  # the very source images
     assert bad["all"]["stroke_iou"] > 0.9 and bad["all"]["stroke_width_error"] < 0.2  # the shape is the source's
+    # realism: the judges' features of the sources and of the edits; scrambled pixels are far from both
+    scrambled = tmp_path / "scrambled"
+    shutil.copytree(exact, scrambled)
+    rng = np.random.default_rng(0)
+    for row in rows(scrambled):
+        pixels_of = np.asarray(Image.open(scrambled / row["file_name"]))
+        flat = pixels_of.reshape(-1, pixels_of.shape[-1])
+        Image.fromarray(flat[rng.permutation(len(flat))].reshape(pixels_of.shape)).save(scrambled / row["file_name"])
+    noise = evaluate_counterfactuals(scrambled, dataset, judge_cache=judge_cache, **JUDGE)["all"]["realism_frechet"]
+    assert bad["all"]["realism_frechet"] < good["all"]["realism_frechet"] < 0.5 * noise
+    assert good["soundness"] is None and bad["soundness"] is None  # no trained generator made them
 
     # exact counterfactuals of only the first two sources: the figures against exact cover 18 rows, and it says so
     partial = tmp_path / "partial"
@@ -303,6 +314,16 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
                str(partial), "--out", str(tmp_path / "m2"), "--judge-cache", str(judge_cache), *flags) == 0  # fmt: skip
     assert f"note: only 18 of {36 * 9} counterfactuals have an exact counterpart" in capsys.readouterr().out
     assert json.loads((tmp_path / "m2" / "metrics.json").read_text())["exact_matched"] == 18
+
+
+def test_soundness_of_a_generators_counterfactuals(dataset: Path, reference: Path, judge_cache: Path) -> None:
+    found = evaluate_counterfactuals(reference, dataset, judge_cache=judge_cache, soundness_images=4, **JUDGE)
+    soundness = found["soundness"]
+    assert soundness["images"] == 4 and set(soundness["composition_l1"]) == {"1", "10"}
+    assert all(0 < value < 1 for value in (*soundness["composition_l1"].values(), soundness["reversibility_l1"]))
+    assert found["rare"]["realism_frechet"] is None or found["rare"]["realism_frechet"] >= 0
+    off = evaluate_counterfactuals(reference, dataset, judge_cache=judge_cache, soundness_images=0, **JUDGE)
+    assert off["soundness"] is None
 
 
 def test_stroke_fidelity_sees_shape_and_thickness_but_not_colour() -> None:
