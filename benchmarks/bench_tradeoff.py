@@ -20,6 +20,7 @@ them; for an attribute untied to the digit, where few edits are rare, every edit
     success              the edit happened and digit and every other attribute stayed
     stroke IoU, width    judge-free: stroke masks against the exact counterfactual's, width error in px
     MSE                  pixel error to the exact counterfactual
+    realism, composition, reversibility   the field's soundness figures (evaluate-counterfactuals)
 
     python benchmarks/bench_tradeoff.py [--attributes fg_color,bg_color] [--methods reweight]
         [--recipes quick,low-noise-x3]
@@ -142,6 +143,8 @@ def scores(metrics: dict[str, Any], attribute: str, group: str = "rare") -> dict
         "stroke_iou": part.get("stroke_iou"),
         "stroke_width_error": part.get("stroke_width_error"),
         "mse_to_exact": part.get("mse_to_exact"),
+        **{name: part.get(name) for name in ("realism_frechet", "composition_l1_1", "composition_l1_10",
+                                             "reversibility_l1")},
     }
 
 

@@ -319,7 +319,7 @@ def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
                 for name, part in _quality_rows(quality)
             ),
             "",
-            *_soundness_lines(quality.get("soundness")),
+            *_soundness_lines(quality),
             "Per attribute (all edits): how often the edited attribute reached its target, and how often each "
             "other variable kept its value:",
             "",
@@ -388,15 +388,16 @@ def _splits(summary: dict) -> list[str]:
     return [split for split in first if split != "train"]
 
 
-def _soundness_lines(found: dict | None) -> list[str]:
-    if not found:
+def _soundness_lines(quality: dict) -> list[str]:
+    if not quality["soundness_images"]:
         return []
-    composition = found["composition_l1"]
+    scores = quality["all"]
     return [
-        f"Soundness on {found['images']} edits (mean L1 pixel distance to the source, images in [0, 1]): "
-        f"composition (edited to its own values) {composition['1']:.4f} after one edit, {composition['10']:.4f} after "
-        f"ten; reversibility (edited back) {found['reversibility_l1']:.4f}. Realism: Frechet distance between the "
-        "judges' features of the sources and of the edits (0: the same distribution).",
+        f"Soundness on {quality['soundness_images']} edits (mean L1 pixel distance to the source, images in "
+        f"[0, 1]): composition (edited to its own values) {scores['composition_l1_1']:.4f} after one edit, "
+        f"{scores['composition_l1_10']:.4f} after ten; reversibility (edited back) {scores['reversibility_l1']:.4f}. "
+        "Realism: Frechet distance between the judges' features of the sources and of the edits (0: the same "
+        "distribution).",
         "",
     ]
 

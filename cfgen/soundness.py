@@ -15,7 +15,6 @@ built-in data, for which composition and reversibility are 0 by construction.
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,22 +37,22 @@ def l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return difference.reshape(len(a), -1).mean(axis=1)
 
 
-def composition(edit: Edit, images: np.ndarray, values: Sequence[dict[str, str]]) -> dict[str, float]:
-    """Mean L1 to the sources after each horizon of null edits (the same image edited to its own values)."""
+def composition(edit: Edit, images: np.ndarray, values: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
+    """Per image, the L1 distance to the source after each horizon of null edits (edited to its own values)."""
     found, current = {}, images
     for step in range(1, max(HORIZONS) + 1):
         current = edit(current, values, values)
         if step in HORIZONS:
-            found[str(step)] = float(l1(current, images).mean())
+            found[str(step)] = l1(current, images)
     return found
 
 
 def reversibility(
     edit: Edit, counterfactuals: np.ndarray, set_values: Sequence[dict[str, str]], sources: np.ndarray,
     source_values: Sequence[dict[str, str]],
-) -> float:  # fmt: skip
-    """Mean L1 to the sources of the counterfactuals edited back to the sources' values."""
-    return float(l1(edit(counterfactuals, set_values, source_values), sources).mean())
+) -> np.ndarray:  # fmt: skip
+    """Per image, the L1 distance to its source of the counterfactual edited back to the source's values."""
+    return l1(edit(counterfactuals, set_values, source_values), sources)
 
 
 def frechet_distance(real: np.ndarray, generated: np.ndarray) -> float:
@@ -71,13 +70,12 @@ def soundness(
     source_values: Sequence[dict[str, str]],
     counterfactuals: np.ndarray,
     set_values: Sequence[dict[str, str]],
-) -> dict[str, Any]:
-    """Composition and reversibility of ``edit`` on counterfactuals and their sources (aligned)."""
-    return {
-        "images": len(sources),
-        "composition_l1": composition(edit, sources, source_values),
-        "reversibility_l1": reversibility(edit, counterfactuals, set_values, sources, source_values),
-    }
+) -> dict[str, np.ndarray]:
+    """Per counterfactual (aligned with its source): composition at each horizon, and reversibility."""
+    composed = composition(edit, sources, source_values)
+    found = {f"composition_l1_{horizon}": values for horizon, values in composed.items()}
+    found["reversibility_l1"] = reversibility(edit, counterfactuals, set_values, sources, source_values)
+    return found
 
 
 def generator_edit(counterfactual_folder: str | Path, batch_size: int = 64) -> Edit | None:

@@ -39,11 +39,12 @@ def test_exact_renderer_is_composable_and_reversible_and_a_drift_is_not(tmp_path
     edited_values = [{**row, "fg_color": next(c for c in palette if c != row["fg_color"])} for row in values]
     counterfactuals = render(images, values, edited_values)
     found = soundness(render, images, values, counterfactuals, edited_values)
-    assert found == {"images": 8, "composition_l1": {"1": 0.0, "10": 0.0}, "reversibility_l1": 0.0}
+    assert set(found) == {"composition_l1_1", "composition_l1_10", "reversibility_l1"}
+    assert all(values.shape == (8,) and not values.any() for values in found.values())  # 0 for every image
 
     def drift(batch: np.ndarray, factual: list[dict], targets: list[dict]) -> np.ndarray:
         return np.clip(batch.astype(int) + 5, 0, 255).astype(np.uint8)  # every edit brightens a little
 
     drifted = composition(drift, images, values)
-    assert 0 < drifted["1"] < drifted["10"]
-    assert reversibility(lambda b, f, t: b, counterfactuals, edited_values, images, values) > 0  # never goes back
+    assert (drifted["1"] > 0).all() and (drifted["1"] < drifted["10"]).all()
+    assert (reversibility(lambda b, f, t: b, counterfactuals, edited_values, images, values) > 0).all()  # stays
