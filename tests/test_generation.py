@@ -16,6 +16,7 @@ from dataclasses import replace
 from itertools import product
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -315,6 +316,14 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
                str(partial), "--out", str(tmp_path / "m2"), "--judge-cache", str(judge_cache), *flags) == 0  # fmt: skip
     assert f"note: only 18 of {36 * 9} counterfactuals have an exact counterpart" in capsys.readouterr().out
     assert json.loads((tmp_path / "m2" / "metrics.json").read_text())["exact_matched"] == 18
+
+
+def test_generated_counterfactuals_are_a_hugging_face_dataset(reference: Path, tmp_path: Path) -> None:
+    loaded = datasets.load_dataset(str(reference), cache_dir=str(tmp_path))
+    assert {name: part.num_rows for name, part in loaded.items()} == {"test": 12}
+    features = loaded["test"].features
+    assert isinstance(features["fg_color"], datasets.ClassLabel) and features["cf_generator"].dtype == "string"
+    assert loaded["test"][0]["image"].size == (28, 28)
 
 
 def test_soundness_of_a_generators_counterfactuals(dataset: Path, reference: Path, judge_cache: Path) -> None:
