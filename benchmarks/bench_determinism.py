@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--localize", default="no", choices=("no", "edit", "others"), help="the edit's mask")
-    parser.add_argument("--inversion", default="ddim", choices=("ddim", "ddpm"))
+    parser.add_argument("--inversion", default="ddpm", choices=("ddpm", "ddim"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
