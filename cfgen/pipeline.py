@@ -51,14 +51,14 @@ BUILTIN_SPURIOUS = ("fg_color",)
 # (each way) are the time budget's levers: on the quick model 10 DDIM steps edit as well as 20 at
 # half the time (docs/generator.md). tune: the validation images and the grid (depths, guidance,
 # masks, inversions) that choose each edited attribute's inference settings (cfgen tune-inference);
-# quick tries the edit-friendly inversion alone (it measured better), to stay within its budget.
+# the small presets try the edit-friendly inversion alone (it measured better), to stay within their
+# budget. soundness_images: edits whose composition and reversibility are measured (each 11 times).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "deconfound": "reweight", "generator_steps": None, "sources": 16, "ddim_steps": 4, "judge_steps": 20,
         "epochs": 1, "seeds": (0,), "sizes": {"train": 160, "validation": 40, "test": 60, "test_anti": 40},
-        "tune": {
-            "sources": 8, "depths": (1.0,), "guidance": (3.0,), "localize": LOCALIZE, "inversions": INVERSIONS
-        },
+        "tune": {"sources": 8, "depths": (1.0,), "guidance": (3.0,), "localize": LOCALIZE, "inversions": ("ddpm",)},
+        "soundness_images": 4,
     },
     "quick": {
         "deconfound": "reweight", "generator_steps": 300, "sources": 400, "ddim_steps": 10, "judge_steps": 300,
@@ -67,6 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "sources": 64, "depths": (0.6,), "guidance": (2.0, 3.0, 5.0), "localize": LOCALIZE,
             "inversions": ("ddpm",),
         },
+        "soundness_images": 32,
     },
     "standard": {
         "deconfound": "reweight", "generator_steps": None, "sources": 2000, "ddim_steps": 20, "judge_steps": 2000,
@@ -75,6 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "sources": 200, "depths": (0.6, 0.8, 1.0), "guidance": (1.5, 2.0, 3.0, 5.0), "localize": LOCALIZE,
             "inversions": INVERSIONS,
         },
+        "soundness_images": 64,
     },
     "full": {
         "deconfound": "reweight,consistency", "generator_steps": None, "sources": None, "ddim_steps": 50,
@@ -82,6 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tune": {
             "sources": 500, "depths": DEPTHS, "guidance": GUIDANCE, "localize": LOCALIZE, "inversions": INVERSIONS
         },
+        "soundness_images": 256,
     },
 }
 # When only some training images have a counterfactual (the quick preset edits 400 of 6,000), half of
@@ -203,7 +206,8 @@ def run_pipeline(
             stage("quality", "scoring the counterfactuals against the exact ones")
             exact = generate_counterfactuals(data, intervention, run_dir / "exact", generator=EXACT, **common)
             quality = evaluate_counterfactuals(
-                counterfactuals, data, exact, label, attributes, judge_steps=settings["judge_steps"], seed=seed
+                counterfactuals, data, exact, label, attributes, judge_steps=settings["judge_steps"], seed=seed,
+                soundness_images=settings["soundness_images"],
             )
             write_json(run_dir / "counterfactual_quality.json", quality)
             write_example_grid(counterfactuals, data, exact=exact, out=run_dir / "examples.png")

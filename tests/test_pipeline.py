@@ -110,7 +110,7 @@ def test_metrics_and_report(run_dir: Path) -> None:
         rows = metrics["counterfactual_quality"][group]["rows"]
         assert (f"| {group} edits (" in report) == (0 < rows < quality["rows"])
     assert "![examples](examples.png)" in report
-    assert metrics["counterfactual_quality"]["soundness_images"] == 16  # the field's figures, of the generator
+    assert metrics["counterfactual_quality"]["soundness_images"] == 4  # the field's figures, of the generator
     assert f"composition (edited to its own values) {quality['composition_l1_1']:.4f}" in report
     assert "| realism (Frechet) |" in report and quality["realism_frechet"] >= 0
     assert Image.open(run_dir / "examples.png").size[0] >= 8 * 4 * 28  # eight sources, at least 4x their 28 px
