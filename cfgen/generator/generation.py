@@ -300,6 +300,7 @@ def generate_counterfactuals(
             f"{len(absent)} of {len(requests)} counterfactuals are missing in {staging} (first: "
             f"{image_name(absent[0])}); re-run the same command to make them"
         )
+    state.wait_for_everyone()  # every process has looked before the main one moves the images into place
     if state.is_main_process:
         for leftover in (staging / image_name(0)).parent.glob(".*.tmp"):
             leftover.unlink()  # temporary files of an interrupted run
