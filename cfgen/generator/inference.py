@@ -39,8 +39,7 @@ class InferenceSettings:
     inversion: str = INVERSIONS[0]
 
     def __post_init__(self) -> None:
-        if isinstance(self.localize, bool):  # settings saved before masks had kinds
-            object.__setattr__(self, "localize", "edit" if self.localize else "no")
+        object.__setattr__(self, "localize", saved_localize(self.localize))
         if self.localize not in LOCALIZE:
             raise CfgenError(f"--localize must be one of {', '.join(LOCALIZE)}, not {self.localize!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -118,15 +117,15 @@ def settings_for(
         guidance=weights,
         localize=localize
         if localize is not None
-        else max((_localize(t.get("localize", "no")) for t in tuned), default="no", key=LOCALIZE.index),
+        else max((saved_localize(t.get("localize", "no")) for t in tuned), default="no", key=LOCALIZE.index),
         inversion=inversion
         if inversion is not None
         else min((t.get("inversion", "ddim") for t in tuned), default=INVERSIONS[0], key=INVERSIONS.index),
     )
 
 
-def _localize(saved: str | bool) -> str:
-    """A saved choice, including the booleans written before masks had kinds."""
+def saved_localize(saved: str | bool) -> str:
+    """A mask choice, including the booleans saved before masks had kinds."""
     return {True: "edit", False: "no"}.get(saved, saved)
 
 
