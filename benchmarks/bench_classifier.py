@@ -34,10 +34,10 @@ from cfgen.classifier.config import METHOD_NAMES, ClassifierConfig, parse_seeds
 from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.methods import build_objective
 from cfgen.classifier.training import load_data, train_classifiers
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
+from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.table import read_imagefolder
-from cfgen.generator.generation import generate_counterfactuals
+from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
 from cfgen.generator.inference import DEFAULT_STEPS
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import PRESETS as GENERATOR_PRESETS

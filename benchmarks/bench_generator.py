@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from common import load_results, machine, preset_recipe, trained_on
 from torch.utils.flop_counter import FlopCounterMode
 
-from cfgen.counterfactual_metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
+from cfgen.counterfactuals.generation import generate_counterfactuals, staging_dir
+from cfgen.counterfactuals.metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
 from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.images import ImageFormat
 from cfgen.data.table import read_imagefolder
-from cfgen.generator.generation import generate_counterfactuals, staging_dir
+from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
 from cfgen.generator.inference import DEFAULT_INVERSION_DEPTH, DEFAULT_STEPS
 from cfgen.generator.model import Generator
 from cfgen.generator.training import PRESETS, train_generator

@@ -20,8 +20,8 @@ import numpy as np
 from scipy.stats.contingency import association
 
 from cfgen.confounding import measure
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist, population_joint
 from cfgen.data.table import read_imagefolder
+from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist, population_joint
 
 RESULTS = Path(__file__).parent / "results" / "known_strength.json"
 

@@ -50,14 +50,14 @@ import torch
 from bench_generator import METHODS, prepare_data
 from common import load_results, machine
 
-from cfgen.counterfactual_metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
+from cfgen.counterfactuals.generation import generate_counterfactuals
+from cfgen.counterfactuals.metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
 from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.table import read_imagefolder
-from cfgen.generator.deconfounding import JUDGES_VERSION
-from cfgen.generator.generation import generate_counterfactuals
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import TRAINING_CONFIG_FILE, train_generator
 from cfgen.io import write_json
+from cfgen.judges import JUDGES_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "generator-tradeoff.json"

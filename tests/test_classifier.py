@@ -19,9 +19,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from cfgen.backbones import build_backbone
 from cfgen.classifier import evaluate_classifier
 from cfgen.classifier import predict as predict_images
-from cfgen.classifier.backbones import build_backbone
 from cfgen.classifier.config import METHOD_NAMES, ClassifierConfig
 from cfgen.classifier.data import load_training_data, to_model_input
 from cfgen.classifier.evaluation import format_statistic, select_epoch, split_metrics, statistic, summarize_splits
@@ -42,10 +42,10 @@ from cfgen.classifier.training import (
     train_classifiers,
 )
 from cfgen.cli import main
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
+from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.table import METADATA_FILE, read_imagefolder
+from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
 from cfgen.errors import CfgenError
-from cfgen.generator.generation import generate_counterfactuals
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -48,7 +48,7 @@ def test_one_flag_name_per_meaning_old_spellings_still_read(tmp_path: Path, caps
     assert main(["measure", "--data", str(data), "--out", str(tmp_path / "m"), "--bootstrap", "10"]) == 0
     assert main(["measure", str(data), "--data", str(data), "--out", str(tmp_path / "m2")]) == 2
     assert "give the dataset folder(s) once" in capsys.readouterr().err
-    from cfgen.classifier.command import add_arguments, config_from_args
+    from cfgen.cli.train_classifier import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -58,7 +58,7 @@ def test_one_flag_name_per_meaning_old_spellings_still_read(tmp_path: Path, caps
     assert "note: --lr is deprecated; use --learning-rate" in capsys.readouterr().err
     assert "--lr" not in parser.format_help()
 
-    from cfgen.generator.generation import add_arguments as generate_arguments
+    from cfgen.cli.generate import add_arguments as generate_arguments
 
     parser = argparse.ArgumentParser()
     generate_arguments(parser)

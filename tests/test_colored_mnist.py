@@ -15,8 +15,10 @@ from PIL import Image
 from scipy import stats
 from scipy.stats.contingency import association
 
-from cfgen.data import colored_mnist as cm
-from cfgen.data.colored_mnist import (
+from cfgen.counterfactuals.generation import generate_counterfactuals
+from cfgen.data.table import read_imagefolder
+from cfgen.datasets.colored_mnist import rendering as cm
+from cfgen.datasets.colored_mnist.rendering import (
     ATTRIBUTES,
     BG_COLORS,
     FACTOR_BY_NAME,
@@ -28,9 +30,7 @@ from cfgen.data.colored_mnist import (
     render,
     render_counterfactual,
 )
-from cfgen.data.table import read_imagefolder
 from cfgen.errors import CfgenError
-from cfgen.generator.generation import generate_counterfactuals
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = (("digit", "fg_color", 0.9), ("fg_color", "bg_color", 0.7))
@@ -185,7 +185,7 @@ def test_bad_interventions_and_folders(small32: Path, small_folder: Path, tmp_pa
         generate_counterfactuals(small32, "shade=dark", generator="exact", out=tmp_path / "c")
     with pytest.raises(CfgenError, match="unknown attribute 'shade'"):
         render_counterfactual(small32, 0, {"shade": "dark"})
-    with pytest.raises(CfgenError, match="not a built-in colored-MNIST"):
+    with pytest.raises(CfgenError, match="not a built-in dataset .* colored-mnist"):
         generate_counterfactuals(small_folder, "color=*", generator="exact", out=tmp_path / "d")
     assert [p.name for p in tmp_path.iterdir()] == ["small"]
 

@@ -12,9 +12,9 @@ from conftest import write_folder
 from diffusers import DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
+from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.table import read_imagefolder
 from cfgen.errors import CfgenError
-from cfgen.generator.generation import generate_counterfactuals
 from cfgen.generator.pipeline import CounterfactualPipeline
 from cfgen.generator.training import train_generator
 

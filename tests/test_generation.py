@@ -24,19 +24,20 @@ from conftest import write_folder
 from PIL import Image
 
 from cfgen.cli import main
-from cfgen.counterfactual_metrics import evaluate_counterfactuals, stroke_fidelity
-from cfgen.data.colored_mnist import (
+from cfgen.counterfactuals.generation import staging_dir
+from cfgen.counterfactuals.metrics import evaluate_counterfactuals
+from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
+from cfgen.data.images import load_images, to_model_range
+from cfgen.data.table import read_imagefolder
+from cfgen.datasets.colored_mnist.readers import stroke_fidelity
+from cfgen.datasets.colored_mnist.rendering import (
     ColoredMNISTConfig,
     load_digits,
     make_colored_mnist,
     render,
     render_counterfactual,
 )
-from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
-from cfgen.data.images import load_images, to_model_range
-from cfgen.data.table import read_imagefolder
 from cfgen.errors import CfgenError
-from cfgen.generator.generation import staging_dir
 from cfgen.generator.inference import InferenceSettings, otsu_threshold, parse_guidance, settings_for
 from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import CounterfactualPipeline, InversionPath
@@ -137,7 +138,7 @@ def test_two_processes_write_every_row_once(dataset: Path, generator: Path, refe
     out = tmp_path / "cf"
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]  # fmt: skip
-    command = [sys.executable, *launch, "-m", "cfgen.cli", "generate", "--generator", str(generator),
+    command = [sys.executable, *launch, "-m", "cfgen", "generate", "--generator", str(generator),
                "--data", str(dataset), *PLAN, "--out", str(out)]  # fmt: skip
     env = {**ENV, "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -165,7 +166,7 @@ def test_two_processes_write_every_row_once(dataset: Path, generator: Path, refe
 
 def test_killed_run_resumes_to_the_same_images(dataset: Path, generator: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "cf"
-    command = [sys.executable, "-m", "cfgen.cli", "generate", "--generator", str(generator),
+    command = [sys.executable, "-m", "cfgen", "generate", "--generator", str(generator),
                "--data", str(dataset), *PLAN, "--out", str(out)]  # fmt: skip
     process = subprocess.Popen(command, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     images = staging_dir(out) / "images"

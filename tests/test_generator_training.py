@@ -18,21 +18,16 @@ import torch
 from conftest import tensorboard_scalars, write_folder
 from safetensors.torch import load_file
 
+from cfgen.cli.train_generator import add_arguments, config_from_args
 from cfgen.data.adapters import open_dataset
+from cfgen.data.cells import discrete_columns, effective_sample_size, group_balanced_weights
 from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range
 from cfgen.errors import CfgenError
 from cfgen.generator.deconfounding import (
     CONSISTENCY_TERMS,
-    AttributeJudges,
     ConsistencyObjective,
     ConsistencySettings,
-    confounding_log_priors,
-    discrete_columns,
-    effective_sample_size,
-    group_balanced_weights,
     reweight_weights,
-    shift,
-    train_judges,
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.pipeline import save_generator
@@ -40,13 +35,13 @@ from cfgen.generator.training import (
     PRESETS,
     Denoiser,
     TrainingConfig,
-    add_arguments,
-    config_from_args,
     denoising_loss,
     list_checkpoints,
     train_generator,
     training_loss,
 )
+from cfgen.judges import AttributeJudges, train_judges
+from cfgen.judges.training import confounding_log_priors, shift
 
 REPO = Path(__file__).resolve().parents[1]
 

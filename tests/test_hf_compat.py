@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from cfgen.cli import main
+from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.adapters import open_dataset
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
 from cfgen.data.table import read_imagefolder
-from cfgen.generator.generation import generate_counterfactuals
+from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
 
 SIZES = {"train": 12, "validation": 4, "test": 6, "test_anti": 4}
 

@@ -7,8 +7,8 @@ import pytest
 from scipy.stats.contingency import association
 
 from cfgen.confounding import measure
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist, population_joint
 from cfgen.data.table import read_imagefolder
+from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist, population_joint
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.5, 0.9, 0.99])

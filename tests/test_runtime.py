@@ -9,9 +9,9 @@ from accelerate.state import AcceleratorState
 
 from cfgen.classifier.config import ClassifierConfig
 from cfgen.classifier.training import train_classifiers
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
+from cfgen.counterfactuals.generation import generate_counterfactuals
+from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
 from cfgen.errors import CfgenError
-from cfgen.generator.generation import generate_counterfactuals
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.io import RUN_FILE

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cfgen.data import colored_mnist
-from cfgen.data.colored_mnist import ColoredMNISTConfig, make_colored_mnist
+from cfgen.counterfactuals.soundness import composition, frechet_distance, reversibility, soundness
 from cfgen.data.images import ImageFormat, load_images
 from cfgen.data.table import read_imagefolder
-from cfgen.soundness import composition, frechet_distance, reversibility, soundness
+from cfgen.datasets.colored_mnist import rendering as colored_mnist
+from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
 
 
 def test_frechet_distance_of_known_gaussians() -> None:

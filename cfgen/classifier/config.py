@@ -3,7 +3,7 @@
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cfgen.classifier.backbones import BACKBONES
+from cfgen.backbones import BACKBONES
 from cfgen.errors import CfgenError
 from cfgen.runtime import resolve_mixed_precision, resolve_report_to
 

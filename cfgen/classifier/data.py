@@ -21,6 +21,7 @@ from cfgen.data.counterfactuals import metadata_digest
 from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Attribute, Schema, check_informative, infer_attribute
 from cfgen.data.table import CARD_FILE, FILE_COLUMN, METADATA_FILE, SPLIT_COLUMN, MetadataTable, read_imagefolder
+from cfgen.datasets import builtin_of
 from cfgen.errors import CfgenError
 
 TRAIN = "train"
@@ -400,31 +401,6 @@ def _evaluation_splits(splits: tuple[str, ...]) -> list[str]:
     return sorted((s for s in splits if s != TRAIN), key=lambda s: (rank.get(s, 2), s))
 
 
-def render_unconfounded_builtin(data: str | Path, folder: Path) -> Path:
-    """Re-render a built-in colored-digits dataset with every tie's strength set to 0.
-
-    Same sizes and seed, so the same MNIST digits land in the same splits (no digit of the test
-    split is trained on) while every factor is drawn independently: the oracle's training data.
-    """
-    from cfgen.data.colored_mnist import BUILTIN_NAME, ColoredMNISTConfig, make_colored_mnist
-
-    card = read_imagefolder(data).card
-    builtin = card.get("builtin") or {}
-    if builtin.get("name") != BUILTIN_NAME:
-        raise CfgenError(
-            f"the oracle needs unconfounded training data: {data} is not a built-in dataset, "
-            "so give a folder with --oracle-data (its train split, or every row, drawn without confounding)"
-        )
-    config = builtin["config"]
-    unconfounded = ColoredMNISTConfig(
-        ties=tuple((parent, child, 0.0) for parent, child, _ in config["ties"]),
-        sizes=dict(config["sizes"]),
-        image_size=int(config["image_size"]),
-        seed=int(config["seed"]),
-    )
-    return make_colored_mnist(unconfounded, folder)
-
-
 def load_oracle_data(
     data: str | Path,
     label: str | None,
@@ -438,8 +414,14 @@ def load_oracle_data(
     """Training rows drawn without confounding (``oracle_data`` or a re-rendered built-in set)."""
     if oracle_data is not None:
         return load_training_data(data, label, spurious, (), data_format, resize, oracle_data, progress, kinds)
+    builtin = builtin_of(read_imagefolder(data))
+    if builtin is None:
+        raise CfgenError(
+            f"the oracle needs unconfounded training data: {data} is not a built-in dataset, "
+            "so give a folder with --oracle-data (its train split, or every row, drawn without confounding)"
+        )
     with tempfile.TemporaryDirectory(prefix="cfgen-oracle-") as scratch:
-        folder = render_unconfounded_builtin(data, Path(scratch) / "unconfounded")
+        folder = builtin.unconfounded(data, Path(scratch) / "unconfounded")
         loaded = load_training_data(data, label, spurious, (), data_format, resize, folder, progress, kinds)
     loaded.train_source = "built-in re-rendered with every tie at strength 0"
     return loaded

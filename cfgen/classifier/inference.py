@@ -10,7 +10,6 @@ where a group is a label value crossed with the spurious attributes' values.
     evaluate_classifier("runs/clf", "data/waterbirds", splits=["test"])["splits"]["test"]
 """
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,10 @@ from cfgen.classifier.config import DEFAULT_MIN_GROUP_SIZE
 from cfgen.classifier.data import Groups, resolve_groups, to_model_input
 from cfgen.classifier.evaluation import split_metrics
 from cfgen.classifier.training import EVAL_BATCH_SIZE, Classifier, load_classifier
-from cfgen.cli_options import column_list
-from cfgen.data.adapters import FORMATS, open_dataset
+from cfgen.data.adapters import open_dataset
 from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Attribute
 from cfgen.errors import CfgenError
-from cfgen.io import write_json
 
 ClassifierInput = str | Path | tuple[Classifier, dict[str, Any]]
 
@@ -123,37 +120,3 @@ def evaluate_classifier(
 
 def _loaded(classifier: ClassifierInput) -> tuple[Classifier, dict[str, Any]]:
     return classifier if isinstance(classifier, tuple) else load_classifier(classifier)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``evaluate-classifier`` options."""
-    parser.add_argument("--model", required=True, help="classifier folder (CLF, its first seed) or CLF/seed-S")
-    parser.add_argument("--data", required=True, help="dataset folder, any layout cfgen reads")
-    parser.add_argument("--splits", type=column_list, help="comma-separated (default: every split)")
-    parser.add_argument(
-        "--spurious", type=column_list, help="attributes that define groups (default: those the model was trained with)"
-    )
-    parser.add_argument("--format", default="auto", choices=FORMATS, help="dataset layout (default: detect)")
-    parser.add_argument("--resize", type=int, help="resize images to NxN RGB (the classifier's size)")
-    parser.add_argument(
-        "--min-group-size",
-        type=int,
-        default=DEFAULT_MIN_GROUP_SIZE,
-        help="smallest group that competes for the worst (default %(default)s)",
-    )
-    parser.add_argument("--out", help="also write the figures to this JSON file")
-
-
-def run(args: argparse.Namespace) -> None:
-    result = evaluate_classifier(
-        args.model, args.data, args.splits, args.spurious, args.format, args.resize, args.min_group_size
-    )
-    for name, figures in result["splits"].items():
-        worst = figures["worst_group_accuracy"]
-        worst_text = "-" if worst is None else f"{worst:.3f} ({figures['worst_group']})"
-        print(f"{name}: {figures['size']} images, accuracy {figures['accuracy']:.3f}, worst group {worst_text}")
-        for group, scores in figures["groups"].items():
-            print(f"  {group}: {scores['accuracy']:.3f} of {scores['count']}")
-    if args.out:
-        write_json(Path(args.out), result)
-        print(f"wrote {args.out}")

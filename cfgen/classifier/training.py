@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from cfgen.classifier.backbones import build_backbone, from_torchvision_keys, to_torchvision_keys
+from cfgen.backbones import build_backbone, from_torchvision_keys, to_torchvision_keys
 from cfgen.classifier.config import ClassifierConfig
 from cfgen.classifier.data import (
     VALIDATION,

@@ -16,35 +16,22 @@ Discrete variables (binary, categorical) are the ones reweighted, judged and edi
 attributes only condition the model.
 """
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import nn
-from tqdm.auto import tqdm
 
-from cfgen.classifier.backbones import build_backbone
+from cfgen.data.cells import cell_index, editable_columns, label_groups, pair_counts
 from cfgen.data.images import to_model_range
 from cfgen.data.schema import Schema
 from cfgen.errors import CfgenError
+from cfgen.judges import AttributeJudges
 
 DECONFOUND_CHOICES = ("none", "reweight", "consistency")
 CONSISTENCY_TERMS = ("effectiveness", "preservation", "cycle", "contrastive")
 JUDGES_FOLDER = "judges"
-JUDGES_WEIGHTS = "model.safetensors"
-JUDGES_CONFIG = "config.json"
-# Bump when the judges' training changes: cached judges are retrained, and the version is in their record.
-JUDGES_VERSION = 3
-# Degradations applied to half of each judge batch, so that judges read the soft predicted-clean
-# images of mid-range timesteps as well as sharp ones: a Gaussian blur of up to 1/16 of the image
-# side (1.75 px at 28 px) and Gaussian noise of up to 0.2 (images live in [-1, 1]).
-BLUR_SIGMA_FRACTION = 1 / 16
-NOISE_STD = 0.2
 CONTRASTIVE_NEGATIVES = 4
 CONTRASTIVE_TEMPERATURE = 0.1
 
@@ -65,30 +52,6 @@ def parse_deconfound(choices: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(name for name in DECONFOUND_CHOICES if name in names)
 
 
-def discrete_columns(schema: Schema) -> list[int]:
-    """Positions (in ``schema.names``) of the discrete variables: the ones reweighted and judged."""
-    return [i for i, variable in enumerate(schema.variables) if variable.is_discrete]
-
-
-def editable_columns(schema: Schema) -> list[int]:
-    """Positions of the discrete attributes (the label is never edited): what consistency training edits."""
-    return [i for i in discrete_columns(schema) if i > 0]
-
-
-def label_groups(schema: Schema, codes: np.ndarray) -> tuple[np.ndarray, int]:
-    """Each row's label code and the number of labels, from (N, V) codes of every variable; one group
-    for a continuous label, so that "rare given the label" becomes "rare overall"."""
-    if schema.label.is_discrete:
-        return codes[:, 0], schema.label.num_values
-    return np.zeros(len(codes), dtype=np.int64), 1
-
-
-def cell_index(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's cell (its combination of discrete codes) and the number of rows in each cell."""
-    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    return inverse.reshape(-1), counts
-
-
 def reweight_weights(codes: np.ndarray, clip: float) -> np.ndarray:
     """w_i = prod_v p(v_i) / p(cell_i) over the (N, V) discrete codes, clipped at ``clip``."""
     if clip < 1:
@@ -99,167 +62,6 @@ def reweight_weights(codes: np.ndarray, clip: float) -> np.ndarray:
         product *= np.bincount(column)[column] / rows
     inverse, counts = cell_index(codes)
     return np.minimum(product / (counts[inverse] / rows), clip)
-
-
-def effective_sample_size(weights: np.ndarray) -> float:
-    """(sum w)^2 / sum w^2: how many unweighted examples the weighted sample is worth."""
-    return float(weights.sum() ** 2 / np.square(weights).sum())
-
-
-def confounding_log_priors(codes: np.ndarray, num_values: Sequence[int]) -> list[torch.Tensor]:
-    """For each variable j, every row's log p(v_j | the other variables) as far as the data's pair counts tell.
-
-    Naive Bayes over add-one smoothed counts, p(v_j) prod_k p(v_k | v_j), normalised over v_j: a
-    (N, K_j) tensor per variable. It is what the confounding alone says about v_j, the expert a
-    judge head is trained in a product with (``train_judges``).
-    """
-    priors = []
-    for j, count in enumerate(num_values):
-        log_prior = np.tile(np.log(np.bincount(codes[:, j], minlength=count) + 1.0), (len(codes), 1))  # (N, K_j)
-        for k, other in enumerate(num_values):
-            if k != j:
-                table = pair_counts(codes[:, j], codes[:, k], count, other) + 1.0
-                log_prior += np.log(table / table.sum(1, keepdims=True))[:, codes[:, k]].T
-        priors.append(torch.log_softmax(torch.from_numpy(log_prior).float(), dim=1))
-    return priors
-
-
-def group_balanced_weights(codes: np.ndarray) -> np.ndarray:
-    """Weights that make every non-empty cell (label and attribute values) equally likely: 1 / (cells * n_cell)."""
-    inverse, counts = cell_index(codes)
-    return 1.0 / (len(counts) * counts[inverse])
-
-
-def pair_counts(groups: np.ndarray, values: np.ndarray, num_groups: int, num_values: int) -> np.ndarray:
-    """(num_groups, num_values) table of how often each (label group, attribute value) pair occurs."""
-    return np.bincount(groups * num_values + values, minlength=num_groups * num_values).reshape(num_groups, num_values)
-
-
-class AttributeJudges(nn.Module):
-    """A small-CNN trunk with one classification head per discrete variable (the label first)."""
-
-    def __init__(self, in_channels: int, names: Sequence[str], num_values: Sequence[int]):
-        super().__init__()
-        self.in_channels = in_channels
-        self.names = list(names)
-        self.num_values = list(num_values)
-        self.trunk = build_backbone("small-cnn", in_channels)
-        self.heads = nn.ModuleList(nn.Linear(self.trunk.feature_dim, count) for count in self.num_values)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features (B, D) and one (B, K_v) logit tensor per judged variable."""
-        features = self.trunk(images)
-        return features, [head(features) for head in self.heads]
-
-    def save(self, folder: Path, record: dict) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / JUDGES_WEIGHTS)
-        config = {"in_channels": self.in_channels, "names": self.names, "num_values": self.num_values, **record}
-        (folder / JUDGES_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, folder: Path) -> tuple["AttributeJudges", dict]:
-        """The judges and the record they were saved with."""
-        config = json.loads((folder / JUDGES_CONFIG).read_text())
-        judges = cls(config.pop("in_channels"), config.pop("names"), config.pop("num_values"))
-        judges.load_state_dict(load_file(folder / JUDGES_WEIGHTS))
-        return judges.eval(), config
-
-
-def shift(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Move each image by up to 1/14 of its size in each direction, its edge pixels filling the gap."""
-    count, _, height, width = images.shape
-    reach = max(1, height // 14)
-    offsets = torch.randint(-reach, reach + 1, (2, count, 1), generator=generator).to(images.device)
-    padded = F.pad(images, (reach, reach, reach, reach), mode="replicate")
-    rows = (torch.arange(height, device=images.device) + reach + offsets[0])[:, None, :, None]  # (N, 1, H, 1)
-    columns = (torch.arange(width, device=images.device) + reach + offsets[1])[:, None, None, :]  # (N, 1, 1, W)
-    index = torch.arange(count, device=images.device)[:, None, None, None]
-    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return padded[index, channel, rows, columns]
-
-
-def degrade(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Blur and add noise to a random half of the images, each with its own strength."""
-    count, channels, height, _ = images.shape
-    rand = torch.rand(3, count, generator=generator).to(images.device)
-    sigma = (rand[0] * BLUR_SIGMA_FRACTION * height).clamp_min(1e-3)
-    radius = max(1, int(np.ceil(2 * BLUR_SIGMA_FRACTION * height)))
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(channels, 0)  # (count * channels, taps)
-    flat = images.reshape(1, count * channels, *images.shape[2:])
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=len(kernel))
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=len(kernel))
-    noise = torch.randn(images.shape, generator=generator).to(images.device) * NOISE_STD * rand[1, :, None, None, None]
-    degraded = flat.reshape(images.shape) + noise
-    chosen = (rand[2] < 0.5)[:, None, None, None]
-    return torch.where(chosen, degraded, images)
-
-
-def train_judges(
-    images: np.ndarray,
-    codes: np.ndarray,
-    names: Sequence[str],
-    num_values: Sequence[int],
-    steps: int,
-    batch_size: int,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-) -> tuple[AttributeJudges, dict]:
-    """Train judges on uint8 (N, H, W, C) images and (N, V) discrete codes so that each head reads its own variable.
-
-    Two defences against the confounding. Group-balanced sampling: every non-empty cell of the
-    label and attribute values is drawn equally often. Product of experts: each head's logits are
-    trained added to ``confounding_log_priors``, what the other variables already say about its
-    variable, so that the shortcut earns a head nothing; the head is used alone. Balancing leaves
-    a confounded variable predictive wherever cells are empty (at digit-colour association 0.99,
-    colour still gives the digit in 74% of balanced draws); the product takes the reward away.
-    Every image is shifted by a few pixels (``shift``) and half of each batch is blurred and noised
-    (``degrade``); the learning rate decays to zero along a cosine.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    weights = group_balanced_weights(codes)
-    judges = AttributeJudges(images.shape[-1], names, num_values).to(device)
-    optimizer = torch.optim.AdamW(judges.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    targets = torch.from_numpy(codes).to(device)
-    priors = [prior.to(device) for prior in confounding_log_priors(codes, num_values)]
-    sampling = torch.from_numpy(weights)
-    judges.train()
-    losses = []
-    for _ in tqdm(range(steps), desc="training judges", disable=not progress):
-        rows = torch.multinomial(sampling, batch_size, replacement=True, generator=generator)
-        batch = degrade(shift(to_model_range(images[rows.numpy()]).to(device), generator), generator)
-        _, logits = judges(batch)
-        on_device = rows.to(device)
-        loss = torch.stack(
-            [F.cross_entropy(head + priors[j][on_device], targets[on_device, j]) for j, head in enumerate(logits)]
-        ).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-    record = {
-        "version": JUDGES_VERSION,
-        "backbone": "small-cnn",
-        "sampling": "group-balanced (every non-empty cell of label and attribute values equally likely)",
-        "product_of_experts": "log p(variable | other variables), naive Bayes over add-one smoothed pair counts",
-        "cells": len(cell_index(codes)[1]),
-        "effective_sample_size": effective_sample_size(weights),
-        "steps": steps,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "schedule": "cosine decay to 0",
-        "augmentation": "shifts of up to 1/14 of the size; blur and noise on half of each batch",
-        "seed": seed,
-        "final_loss": float(np.mean(losses[-20:])) if losses else None,
-    }
-    return judges.eval().requires_grad_(False), record
 
 
 @dataclass(frozen=True)

@@ -14,61 +14,48 @@ folder, on a filesystem every process sees:
                                    last, so a folder holding it is complete
 """
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from cfgen.cli_options import add_dataset_arguments, add_output_arguments
 from cfgen.data.adapters import open_dataset
+from cfgen.data.cells import discrete_columns, editable_columns, effective_sample_size, label_groups, pair_counts
 from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
 from cfgen.data.schema import Schema, check_informative
 from cfgen.data.table import MetadataTable
 from cfgen.errors import CfgenError
 from cfgen.generator.deconfounding import (
-    CONSISTENCY_TERMS,
-    JUDGES_CONFIG,
     JUDGES_FOLDER,
-    AttributeJudges,
     ConsistencyObjective,
     ConsistencySettings,
-    discrete_columns,
-    editable_columns,
-    effective_sample_size,
-    label_groups,
-    pair_counts,
     parse_deconfound,
     reweight_weights,
-    train_judges,
 )
-from cfgen.generator.generation import labelled_grid
 from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings
 from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
 from cfgen.generator.pipeline import CounterfactualPipeline, save_generator
+from cfgen.grids import labelled_grid, save_grid
 from cfgen.io import check_writable, create_folder, finish_trackers, scalar_record, write_json, write_run_record
+from cfgen.judges import AttributeJudges, load_or_train
 from cfgen.runtime import (
-    MIXED_PRECISION_CHOICES,
-    REPORT_TO_CHOICES,
     log_image,
     make_accelerator,
     resolve_mixed_precision,
@@ -625,32 +612,27 @@ def _check_resumable(stored: dict[str, Any], current: dict[str, Any], out: Path)
 def _judges(
     accelerator: Accelerator, out: Path, schema: Schema, images: np.ndarray, codes: np.ndarray, config: TrainingConfig
 ) -> tuple[AttributeJudges, dict]:
-    """Train the judges once, on the main process, into ``out/judges``; every process (and --resume) loads them."""
-    folder = out / JUDGES_FOLDER
+    """The judges of ``out/judges``, trained there once, by the main process, on the training images (the
+    generator knows nothing else about the data); every process, and a --resume, loads them."""
     columns = discrete_columns(schema)
     names = [schema.names[i] for i in columns]
     num_values = [schema.variables[i].num_values for i in columns]
-    if accelerator.is_main_process and not (folder / JUDGES_CONFIG).is_file():
-        judges, judges_record = train_judges(
-            images,
-            codes,
-            names,
-            num_values,
-            config.judge_steps,
-            config.judge_batch_size,
-            seed=config.seed,
-            device=accelerator.device,
-            progress=True,
-        )
-        partial = out / f".{JUDGES_FOLDER}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        judges.save(partial, judges_record)
-        os.replace(partial, folder)
+    key = {"variables": names, "num_values": num_values, "seed": config.seed}
+
+    def load() -> tuple[AttributeJudges, dict]:
+        return load_or_train(
+            out / JUDGES_FOLDER, key, lambda: (images, codes, names, num_values), config.judge_steps,
+            config.judge_batch_size, config.seed, accelerator.device, progress=True,
+        )  # fmt: skip
+
+    if accelerator.is_main_process:
+        load()
     accelerator.wait_for_everyone()
-    judges, judges_record = AttributeJudges.load(folder)
+    judges, record = load()
     if judges.names != names or judges.num_values != num_values:
-        raise CfgenError(f"the judges in {folder} were trained for other variables ({', '.join(judges.names)})")
-    return judges.to(accelerator.device).requires_grad_(False), judges_record
+        trained_for = ", ".join(judges.names)
+        raise CfgenError(f"the judges in {out / JUDGES_FOLDER} were trained for other variables ({trained_for})")
+    return judges, record
 
 
 def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
@@ -758,119 +740,3 @@ def preview_grid(
         rows.append((edited, captions(name, target), f"edit {name}"))
     cells = [list(zip(to_uint8(tiles), texts, strict=True)) for tiles, texts, _ in rows]
     return labelled_grid(cells, [label for _, _, label in rows])
-
-
-def save_grid(grid: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``train-generator`` options."""
-    parser.add_argument("--data", required=True, help="dataset folder")
-    add_output_arguments(parser, "generator folder")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    add_dataset_arguments(parser)
-    parser.add_argument("--split", help="training rows: a split name or 'all' (default: train if present)")
-    parser.add_argument("--resize", type=int, help="resize every image to NxN RGB")
-    parser.add_argument(
-        "--preset",
-        choices=list(PRESETS),
-        default="quick",
-        help="tiny (tests), quick (CPU minutes), standard (ten times quick's training), full (GPU)",
-    )
-
-    preset = parser.add_argument_group("preset values (default: the preset's, docs/generator.md; given, they win)")
-    preset.add_argument("--architecture", choices=list(ARCHITECTURES), help="UNet size")
-    preset.add_argument("--steps", type=int, help="optimizer steps")
-    preset.add_argument("--batch-size", type=int, help="images per process per step")
-    preset.add_argument("--learning-rate", type=float, help="AdamW learning rate after warm-up")
-    preset.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warm-up")
-    preset.add_argument("--ema-decay", type=float, help="largest EMA decay (reached with warmup)")
-    preset.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: never)")
-    preset.add_argument("--sample-every", type=int, help="steps between preview grids (0: never)")
-    preset.add_argument("--log-every", type=int, help="steps between logged losses")
-    preset.add_argument("--judge-steps", type=int, help="training steps of the consistency judges")
-    preset.add_argument("--judge-batch-size", type=int, help="batch of the consistency judges")
-
-    parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
-    parser.add_argument("--keep-checkpoints", type=int, default=2, help="latest checkpoints kept (default 2)")
-    parser.add_argument("--condition-dropout", type=float, default=0.1, help="per-variable dropout (default 0.1)")
-    parser.add_argument(
-        "--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting gamma (default 5; 0: plain epsilon MSE)"
-    )
-    parser.add_argument(
-        "--timestep-bias-multiplier",
-        type=float,
-        default=1.0,
-        help="how much likelier the low-noise timesteps edits visit are drawn in training (default 1: uniform)",
-    )
-    parser.add_argument(
-        "--timestep-bias-portion",
-        type=float,
-        default=0.6,
-        help="the share of timesteps, from the least noisy, that the multiplier favours (default 0.6)",
-    )
-    parser.add_argument(
-        "--mixed-precision",
-        choices=MIXED_PRECISION_CHOICES,
-        default="auto",
-        help="auto: bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
-    )
-    parser.add_argument(
-        "--report-to",
-        choices=REPORT_TO_CHOICES,
-        default="tensorboard",
-        help="where losses and preview grids are logged (default tensorboard, under OUT/logs; wandb runs offline "
-        "unless you are logged in)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, batches and noise")
-
-    debias = parser.add_argument_group("deconfounding (see docs/generator.md)")
-    debias.add_argument("--deconfound", default="none", help="none, or reweight and/or consistency (comma-separated)")
-    debias.add_argument("--reweight-clip", type=float, default=20.0, help="largest sampling weight (default 20)")
-    defaults = ConsistencySettings()
-    debias.add_argument(
-        "--edit-fraction",
-        type=float,
-        default=defaults.edit_fraction,
-        help=f"share of each batch edited (default {defaults.edit_fraction})",
-    )
-    for term in CONSISTENCY_TERMS:
-        weight = getattr(defaults, f"{term}_weight")
-        debias.add_argument(f"--{term}-weight", type=float, default=weight, help=f"default {weight}")
-    debias.add_argument(
-        "--consistency-min-timestep",
-        dest="min_timestep",
-        type=int,
-        default=defaults.min_timestep,
-        help=f"edited images are noised to t in [min, max) (default {defaults.min_timestep})",
-    )
-    debias.add_argument(
-        "--consistency-max-timestep",
-        dest="max_timestep",
-        type=int,
-        default=defaults.max_timestep,
-        help=f"default {defaults.max_timestep}",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    """The configuration the parsed ``train-generator`` options describe."""
-    consistency = ConsistencySettings(**{f.name: getattr(args, f.name) for f in fields(ConsistencySettings)})
-    given = {f.name: getattr(args, f.name) for f in fields(TrainingConfig) if f.name in vars(args)}
-    return TrainingConfig(**{**given, "data_format": args.format, "consistency": consistency})
-
-
-def run(args: argparse.Namespace) -> None:
-    """``cfgen train-generator``: train, then leave cleanly when several processes ran."""
-    out = train(config_from_args(args))
-    state = PartialState()
-    if state.is_main_process:
-        print(f"wrote {out}")
-    if state.num_processes > 1:
-        # torch's gloo teardown sometimes aborts a finished rank (environment.md): leave without it
-        state.wait_for_everyone()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)

@@ -1,7 +1,8 @@
 """The ``cfgen`` command: one subcommand per stage.
 
-Each stage module defines ``add_arguments(parser)`` and ``run(args)``; this file only registers
-them. Bad input raises ``CfgenError``, which ``main`` prints as one ``error:`` line, exit code 2.
+Each command is a module of this package with ``add_arguments(parser)`` and ``run(args)``, imported
+only when chosen (``cfgen --help`` loads neither torch nor diffusers); the library never parses
+arguments. Bad input raises ``CfgenError``, which ``main`` prints as one ``error:`` line, exit code 2.
 """
 
 import argparse
@@ -13,17 +14,17 @@ from importlib import metadata
 
 from cfgen.errors import CfgenError
 
-# subcommand -> (module holding add_arguments/run, one-line help)
+# subcommand -> (module of cfgen.cli holding add_arguments/run, one-line help), in the order of the stages
 COMMANDS = {
-    "make-dataset": ("cfgen.data.colored_mnist", "build a built-in confounded dataset"),
-    "measure": ("cfgen.confounding.command", "measure how confounded a dataset's attributes are"),
-    "train-generator": ("cfgen.generator.training", "train a counterfactual generator (diffusers UNet)"),
-    "generate": ("cfgen.generator.generation", "write a counterfactual dataset (trained generator or exact)"),
-    "tune-inference": ("cfgen.inference_tuning", "choose a generator's inference settings on validation data"),
-    "evaluate-counterfactuals": ("cfgen.counterfactual_metrics", "score a counterfactual dataset"),
-    "train-classifier": ("cfgen.classifier.command", "train a debiased classifier (erm, cf-reg, group-dro, ...)"),
-    "evaluate-classifier": ("cfgen.classifier.inference", "score a trained classifier on a dataset's splits"),
-    "pipeline": ("cfgen.pipeline", "run every stage on the built-in default dataset or your own"),
+    "make-dataset": ("make_dataset", "build a built-in confounded dataset"),
+    "measure": ("measure", "measure how confounded a dataset's attributes are"),
+    "train-generator": ("train_generator", "train a counterfactual generator (diffusers UNet)"),
+    "tune-inference": ("tune_inference", "choose a generator's inference settings on validation data"),
+    "generate": ("generate", "write a counterfactual dataset (trained generator or exact)"),
+    "evaluate-counterfactuals": ("evaluate_counterfactuals", "score a counterfactual dataset"),
+    "train-classifier": ("train_classifier", "train a debiased classifier (erm, cf-reg, group-dro, ...)"),
+    "evaluate-classifier": ("evaluate_classifier", "score a trained classifier on a dataset's splits"),
+    "pipeline": ("pipeline", "run every stage on the built-in default dataset or your own"),
 }
 
 
@@ -46,7 +47,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command = commands.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == chosen:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(f"{__name__}.{module_name}")
             module.add_arguments(command)
             command.set_defaults(handler=module.run)
     return parser

@@ -13,15 +13,14 @@ inversions (DDIM's and the edit-friendly one), so each attribute gets the proced
 split is never used: a setting chosen there would flatter every figure measured on it.
 """
 
-import argparse
 from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cfgen.cli_options import add_renamed
-from cfgen.counterfactual_metrics import (
+from cfgen.counterfactuals.generation import GeneratorSource, check_sources
+from cfgen.counterfactuals.metrics import (
     DEFAULT_JUDGE_BATCH_SIZE,
     DEFAULT_JUDGE_IMAGES,
     DEFAULT_JUDGE_STEPS,
@@ -31,12 +30,11 @@ from cfgen.counterfactual_metrics import (
 from cfgen.data.images import load_images
 from cfgen.data.table import SPLIT_COLUMN, read_imagefolder
 from cfgen.errors import CfgenError
-from cfgen.generator.generation import GeneratorSource, check_sources
 from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, InferenceSettings
-from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import store_inference
 from cfgen.interventions import RANDOM, Intervention, plan_requests
-from cfgen.runtime import MIXED_PRECISION_CHOICES, resolve_mixed_precision
+from cfgen.runtime import resolve_mixed_precision
 
 DEPTHS = (0.4, 0.6, 0.8, 1.0)
 GUIDANCE = (1.5, 2.0, 3.0, 5.0)
@@ -155,62 +153,3 @@ def tune_inference(
     }
     store_inference(folder, inference)
     return inference
-
-
-def _numbers(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``tune-inference`` options."""
-    parser.add_argument("--generator", required=True, help="generator folder (its defaults are rewritten)")
-    parser.add_argument("--data", required=True, help="dataset folder with a validation split")
-    parser.add_argument("--split", default="validation", help="rows to choose on (default validation; never test)")
-    parser.add_argument("--attributes", type=lambda t: [p for p in t.split(",") if p], help="default: every one")
-    parser.add_argument("--depths", type=_numbers, default=DEPTHS, help="inversion depths to try (default %(default)s)")
-    parser.add_argument("--guidance", type=_numbers, default=GUIDANCE, help="guidance weights (default %(default)s)")
-    parser.add_argument(
-        "--localize",
-        type=_names,
-        default=LOCALIZE,
-        help=f"masks to try, comma-separated: {', '.join(LOCALIZE)} (see generate --localize; default: all)",
-    )
-    parser.add_argument(
-        "--inversions",
-        type=_names,
-        default=INVERSIONS,
-        help=f"inversions to try, comma-separated: {', '.join(INVERSIONS)} (default: both)",
-    )
-    parser.add_argument(
-        "--ddim-steps", dest="steps", type=int, default=DEFAULT_STEPS, help="DDIM steps each way (default %(default)s)"
-    )
-    add_renamed(parser, "--steps", "--ddim-steps", dest="steps", type=int)
-    parser.add_argument("--sources", type=int, default=DEFAULT_SOURCES, help="images edited (default %(default)s)")
-    parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS, help="training steps of the judges")
-    parser.add_argument("--judge-batch-size", type=int, default=DEFAULT_JUDGE_BATCH_SIZE, help="batch of the judges")
-    parser.add_argument("--judge-images", type=int, default=DEFAULT_JUDGE_IMAGES, help="re-rendered (built-in only)")
-    parser.add_argument("--judge-cache", help=f"where judges are kept (default {default_judge_cache()})")
-    parser.add_argument(
-        "--mixed-precision", choices=MIXED_PRECISION_CHOICES, default="auto", help="auto: bf16 where fast, else no"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the edits' targets and the judges")
-
-
-def run(args: argparse.Namespace) -> None:
-    inference = tune_inference(
-        args.generator, args.data, args.split, args.attributes, args.depths, args.guidance,
-        args.localize, args.steps, args.inversions,
-        args.sources, args.judge_steps, args.judge_batch_size, args.judge_images, args.judge_cache,
-        args.mixed_precision, args.seed, progress=True,
-    )  # fmt: skip
-    for name, settings in inference["attributes"].items():
-        print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, guidance "
-              f"{settings['guidance']}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
-    print(f"wrote {Path(args.generator) / CONFIG_FILE}")

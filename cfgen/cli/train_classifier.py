@@ -13,7 +13,7 @@ from accelerate import PartialState
 from cfgen.classifier.config import CF_DISTANCES, CF_LAYERS, METHOD_NAMES, ClassifierConfig, parse_seeds
 from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.training import train_classifiers
-from cfgen.cli_options import add_output_arguments, add_renamed, column_list, kind_overrides
+from cfgen.cli.options import add_output_arguments, add_renamed, column_list, kind_overrides
 from cfgen.data.adapters import FORMATS
 from cfgen.runtime import MIXED_PRECISION_CHOICES, REPORT_TO_CHOICES
 

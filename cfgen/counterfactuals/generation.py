@@ -14,12 +14,10 @@ time); a batch with any image missing is recomputed whole, so a resumed run give
 an uninterrupted one would (floating-point results can depend on the batch they are computed in).
 """
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,34 +26,27 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cfgen.cli_options import add_output_arguments, add_renamed
-from cfgen.data import colored_mnist
 from cfgen.data.counterfactuals import image_name, metadata_digest, write_counterfactual_folder
 from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
 from cfgen.data.schema import Schema, present_values
 from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
+from cfgen.datasets import BUILTIN, builtin_of
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import (
-    DEFAULT_GUIDANCE,
-    DEFAULT_INVERSION_DEPTH,
-    DEFAULT_STEPS,
-    INVERSIONS,
-    LOCALIZE,
     InferenceSettings,
     settings_for,
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.pipeline import PIPELINE_INDEX, CounterfactualPipeline
+from cfgen.grids import labelled_grid
 from cfgen.interventions import Request, parse_intervention, plan_requests
 from cfgen.io import check_output_dir, create_folder, write_json, write_run_record
-from cfgen.runtime import MIXED_PRECISION_CHOICES, autocast_dtype, resolve_mixed_precision
+from cfgen.runtime import autocast_dtype, resolve_mixed_precision
 
-EXACT = "exact"
+EXACT = "exact"  # the --generator value that asks a built-in dataset for its exact counterfactuals
 SETTINGS_FILE = "generation_settings.json"
 GRID_FILE = "examples.png"
 GRID_SOURCES = 8  # columns of the example grid
@@ -75,29 +66,6 @@ class CounterfactualSource(Protocol):
     def make(self, table: MetadataTable, requests: Sequence[Request]) -> np.ndarray:
         """uint8 (N, H, W, C) images, one per request."""
         ...
-
-
-class ExactSource:
-    """The built-in datasets' renderer: each source digit re-drawn with the edited factors."""
-
-    name = EXACT
-
-    def __init__(self, data: Path, table: MetadataTable):
-        _, self.digits, self.image_size = colored_mnist.open_builtin(data)  # refuses other folders
-        self.schema = table.schema()
-        self.sources = table.column(colored_mnist.SOURCE_COLUMN)
-        self.factors = {factor.name: table.column(factor.name) for factor in colored_mnist.FACTORS}
-
-    def settings(self) -> dict[str, Any]:
-        return {"generator": EXACT, "renderer_version": colored_mnist.RENDERER_VERSION}
-
-    def make(self, table: MetadataTable, requests: Sequence[Request]) -> np.ndarray:
-        images = []
-        for request in requests:
-            factors = {name: str(column[request.row]) for name, column in self.factors.items()}
-            factors.update(request.target)
-            images.append(colored_mnist.render(self.digits, int(self.sources[request.row]), factors, self.image_size))
-        return np.stack(images)
 
 
 class GeneratorSource:
@@ -261,10 +229,15 @@ def generate_counterfactuals(
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
             raise CfgenError(f"{extra[0]} applies to a trained generator, not to the exact renderer")
-        source = ExactSource(data, table)
+        builtin = builtin_of(table)
+        if builtin is None:
+            raise CfgenError(
+                f"{data} is not a built-in dataset (its card names none of: {', '.join(BUILTIN)}); "
+                "exact counterfactuals exist only for folders made by cfgen make-dataset"
+            )
+        source = builtin.exact_source(data, table)
         intervention = parse_intervention(intervene, source.schema)
-        if colored_mnist.LABEL in intervention.attributes:
-            colored_mnist.refuse_label_edit()
+        builtin.check_edit(intervention.attributes)
     else:
         folder = Path(generator)
         if not (folder / CONFIG_FILE).is_file():
@@ -376,34 +349,6 @@ def _write_atomically(path: Path, write: Any) -> None:
     os.replace(temporary, path)
 
 
-def labelled_grid(cells: list[list[tuple[np.ndarray, str] | None]], row_labels: list[str]) -> np.ndarray:
-    """An RGB picture of rows of (image, caption) cells, each row labelled on the left; small images are
-    drawn at least 4x larger, without smoothing, so that a person can see what an edit did."""
-    first = next(cell for row in cells for cell in row if cell is not None)[0]
-    lines = max(cell[1].count("\n") + 1 for row in cells for cell in row if cell is not None)
-    tile = max(first.shape[1], min(4 * first.shape[1], 256)) / 100  # inches at 100 dpi
-    columns = max(len(row) for row in cells)
-    figure = Figure(figsize=(max(tile, 1.2) * columns, (tile + 0.15 * lines + 0.2) * len(cells)), dpi=100)
-    axes = figure.subplots(len(cells), columns, squeeze=False)
-    for axes_row, row, label in zip(axes, cells, row_labels, strict=True):
-        for axis, cell in zip(axes_row, [*row, *[None] * (columns - len(row))], strict=True):
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if cell is None:
-                axis.set_axis_off()
-                continue
-            image, caption = cell
-            axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
-                        interpolation="nearest")  # fmt: skip
-            axis.set_xlabel(caption, fontsize=7)
-        axes_row[0].set_axis_on()
-        axes_row[0].set_ylabel(label, fontsize=8)
-    figure.tight_layout()
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 def write_example_grid(folder: Path, data: Path, exact: Path | None = None, out: Path | None = None) -> Path:
     """A picture of a counterfactual folder (``folder/examples.png`` unless ``out``): up to 8 source images
     (top row) and their counterfactuals below, each captioned with the values it set, with the exact
@@ -444,86 +389,3 @@ def write_example_grid(folder: Path, data: Path, exact: Path | None = None, out:
     path = out or folder / GRID_FILE
     Image.fromarray(labelled_grid(cells, labels)).save(path)
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``generate`` options."""
-    parser.add_argument("--generator", required=True, help="a trained generator folder, or 'exact' (built-in datasets)")
-    parser.add_argument("--data", required=True, help="source dataset folder")
-    parser.add_argument(
-        "--intervene", required=True, help='e.g. "fg_color=green", "fg_color=*", "fg_color=random,thickness=thick"'
-    )
-    add_output_arguments(parser, "counterfactual dataset folder")
-    parser.add_argument("--split", help="source rows: a split name or 'all' (default: all)")
-    parser.add_argument("--limit", type=int, help="only the first N source images (of the split)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of 'random' interventions (default 0)")
-    parser.add_argument("--batch-size", type=int, default=64, help="counterfactuals per batch and process (default 64)")
-    parser.add_argument("--resize", type=int, help="resize source images to NxN RGB (the generator's size)")
-    inference = parser.add_argument_group("trained generators (see docs/generator.md)")
-    inference.add_argument(
-        "--ddim-steps",
-        dest="steps",
-        type=int,
-        help=f"steps each way (default: the generator's, chosen by tune-inference, else {DEFAULT_STEPS})",
-    )
-    add_renamed(inference, "--steps", "--ddim-steps", dest="steps", type=int)
-    inference.add_argument(
-        "--inversion-depth",
-        type=float,
-        help="fraction of the noise range inverted, in (0, 1] "
-        f"(default: the generator's, chosen by tune-inference, else {DEFAULT_INVERSION_DEPTH})",
-    )
-    inference.add_argument(
-        "--guidance",
-        help="classifier-free guidance: one weight for every intervened attribute, or name=weight,... "
-        f"(default: the generator's per attribute, chosen by tune-inference, else {DEFAULT_GUIDANCE:g})",
-    )
-    inference.add_argument(
-        "--localize",
-        choices=LOCALIZE,
-        help="keep the source outside the model's own mask: of what the edit changes (edit), or of what "
-        "the kept variables have no say in (others) (default: the generator's per attribute, chosen by "
-        "tune-inference, else no)",
-    )
-    add_renamed(inference, "--no-localize", "--localize no", dest="localize", const="no")
-    inference.add_argument(
-        "--inversion",
-        choices=INVERSIONS,
-        help="ddpm: edit-friendly inversion, which carries more of the image into the edit; ddim: deterministic "
-        "inversion (default: the generator's per attribute, chosen by tune-inference, else ddpm)",
-    )
-    inference.add_argument(
-        "--mixed-precision",
-        choices=MIXED_PRECISION_CHOICES,
-        default="auto",
-        help="auto: bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
-    )
-
-
-def run(args: argparse.Namespace) -> None:
-    """``cfgen generate``; under several processes, leave without torch's gloo teardown (environment.md)."""
-    out = generate_counterfactuals(
-        data=args.data,
-        intervene=args.intervene,
-        out=args.out,
-        generator=args.generator,
-        split=args.split,
-        limit=args.limit,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        inversion_depth=args.inversion_depth,
-        guidance=args.guidance,
-        localize=args.localize,
-        inversion=args.inversion,
-        mixed_precision=args.mixed_precision,
-        resize=args.resize,
-        overwrite=args.overwrite,
-    )
-    state = process_state()
-    if state.is_main_process:
-        print(f"wrote {out}")
-    if state.num_processes > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)

@@ -1,0 +1,99 @@
+"""``cfgen generate``: write a counterfactual dataset with a trained generator or the exact renderer."""
+
+import argparse
+import os
+import sys
+
+from cfgen.cli.options import add_output_arguments, add_renamed
+from cfgen.counterfactuals.generation import generate_counterfactuals, process_state
+from cfgen.generator.inference import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_INVERSION_DEPTH,
+    DEFAULT_STEPS,
+    INVERSIONS,
+    LOCALIZE,
+)
+from cfgen.runtime import MIXED_PRECISION_CHOICES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``generate`` options."""
+    parser.add_argument("--generator", required=True, help="a trained generator folder, or 'exact' (built-in datasets)")
+    parser.add_argument("--data", required=True, help="source dataset folder")
+    parser.add_argument(
+        "--intervene", required=True, help='e.g. "fg_color=green", "fg_color=*", "fg_color=random,thickness=thick"'
+    )
+    add_output_arguments(parser, "counterfactual dataset folder")
+    parser.add_argument("--split", help="source rows: a split name or 'all' (default: all)")
+    parser.add_argument("--limit", type=int, help="only the first N source images (of the split)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of 'random' interventions (default 0)")
+    parser.add_argument("--batch-size", type=int, default=64, help="counterfactuals per batch and process (default 64)")
+    parser.add_argument("--resize", type=int, help="resize source images to NxN RGB (the generator's size)")
+    inference = parser.add_argument_group("trained generators (see docs/generator.md)")
+    inference.add_argument(
+        "--ddim-steps",
+        dest="steps",
+        type=int,
+        help=f"steps each way (default: the generator's, chosen by tune-inference, else {DEFAULT_STEPS})",
+    )
+    add_renamed(inference, "--steps", "--ddim-steps", dest="steps", type=int)
+    inference.add_argument(
+        "--inversion-depth",
+        type=float,
+        help="fraction of the noise range inverted, in (0, 1] "
+        f"(default: the generator's, chosen by tune-inference, else {DEFAULT_INVERSION_DEPTH})",
+    )
+    inference.add_argument(
+        "--guidance",
+        help="classifier-free guidance: one weight for every intervened attribute, or name=weight,... "
+        f"(default: the generator's per attribute, chosen by tune-inference, else {DEFAULT_GUIDANCE:g})",
+    )
+    inference.add_argument(
+        "--localize",
+        choices=LOCALIZE,
+        help="keep the source outside the model's own mask: of what the edit changes (edit), or of what "
+        "the kept variables have no say in (others) (default: the generator's per attribute, chosen by "
+        "tune-inference, else no)",
+    )
+    add_renamed(inference, "--no-localize", "--localize no", dest="localize", const="no")
+    inference.add_argument(
+        "--inversion",
+        choices=INVERSIONS,
+        help="ddpm: edit-friendly inversion, which carries more of the image into the edit; ddim: deterministic "
+        "inversion (default: the generator's per attribute, chosen by tune-inference, else ddpm)",
+    )
+    inference.add_argument(
+        "--mixed-precision",
+        choices=MIXED_PRECISION_CHOICES,
+        default="auto",
+        help="auto: bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    """``cfgen generate``; under several processes, leave without torch's gloo teardown (environment.md)."""
+    out = generate_counterfactuals(
+        data=args.data,
+        intervene=args.intervene,
+        out=args.out,
+        generator=args.generator,
+        split=args.split,
+        limit=args.limit,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        inversion_depth=args.inversion_depth,
+        guidance=args.guidance,
+        localize=args.localize,
+        inversion=args.inversion,
+        mixed_precision=args.mixed_precision,
+        resize=args.resize,
+        overwrite=args.overwrite,
+    )
+    state = process_state()
+    if state.is_main_process:
+        print(f"wrote {out}")
+    if state.num_processes > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
