@@ -35,7 +35,7 @@ from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.methods import build_objective
 from cfgen.classifier.training import load_data, train_classifiers
 from cfgen.counterfactuals.generation import generate_counterfactuals
-from cfgen.data.counterfactuals import metadata_digest
+from cfgen.data.counterfactuals import dataset_digest, made_from
 from cfgen.data.table import read_imagefolder
 from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
 from cfgen.generator.inference import DEFAULT_STEPS
@@ -91,7 +91,7 @@ def prepare_data(work: Path, config: ColoredMNISTConfig) -> tuple[Path, Path]:
     if not data.exists() or read_imagefolder(data).card.get("builtin", {}).get("config") != config.to_dict():
         make_colored_mnist(config, data, overwrite=True)
     card = read_imagefolder(exact).card if exact.exists() else {}
-    if card.get("counterfactuals", {}).get("source_metadata_sha256") != metadata_digest(data):
+    if not made_from(card, read_imagefolder(data)):
         generate_counterfactuals(data, f"{SPURIOUS}=*", exact, generator="exact", split="train", overwrite=True)
     return data, exact
 
@@ -112,7 +112,7 @@ def generate(data: Path, generator: Path, intervention: str, steps: int | None, 
     was written after the generator (a generator retrained in the same folder makes them stale)."""
     card = read_imagefolder(out).card.get("counterfactuals", {}) if out.exists() else {}
     wanted = {
-        "source_metadata_sha256": metadata_digest(data),
+        "source_sha256": dataset_digest(read_imagefolder(data)),
         "generator": str(generator.resolve()),
         "intervention": intervention,
     }

@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cfgen.counterfactuals.generation import generate_counterfactuals, staging_dir
 from cfgen.counterfactuals.metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
-from cfgen.data.counterfactuals import metadata_digest
+from cfgen.data.counterfactuals import made_from
 from cfgen.data.images import ImageFormat
 from cfgen.data.table import read_imagefolder
 from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
@@ -101,7 +101,7 @@ def prepare_data(work: Path, strength: float, args: argparse.Namespace) -> tuple
     if not data.exists() or read_imagefolder(data).card.get("builtin", {}).get("config") != config.to_dict():
         make_colored_mnist(config, data, overwrite=True)
     card = read_imagefolder(exact).card if exact.exists() else {}
-    if card.get("counterfactuals", {}).get("source_metadata_sha256") != metadata_digest(data):
+    if not made_from(card, read_imagefolder(data)):
         generate_counterfactuals(data, INTERVENTION, exact, split="test", overwrite=True, progress=False)
     return data, exact
 

@@ -50,7 +50,7 @@ def main() -> None:
     schema = table.schema()
     cache = work / f"cache-{time.time_ns()}"
     started = time.perf_counter()
-    judges = load_or_train_judges(data, table, schema, cache, steps=args.judge_steps, progress=True)
+    judges = load_or_train_judges(table, schema, cache, steps=args.judge_steps, progress=True)
     seconds = time.perf_counter() - started
 
     def accuracy(folder: Path, rows: np.ndarray | None = None) -> dict[str, float]:

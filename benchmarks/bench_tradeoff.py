@@ -52,7 +52,7 @@ from common import load_results, machine
 
 from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.counterfactuals.metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
-from cfgen.data.counterfactuals import metadata_digest
+from cfgen.data.counterfactuals import made_from
 from cfgen.data.table import read_imagefolder
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import TRAINING_CONFIG_FILE, train_generator
@@ -125,7 +125,7 @@ def exact_edits(work: Path, data: Path, attribute: str) -> Path:
     """The exact counterfactuals of ``attribute=random`` over the test split, made once per dataset."""
     out = work / f"exact-{data.name}-{attribute}"
     card = read_imagefolder(out).card if out.exists() else {}
-    if card.get("counterfactuals", {}).get("source_metadata_sha256") != metadata_digest(data):
+    if not made_from(card, read_imagefolder(data)):
         generate_counterfactuals(data, f"{attribute}=random", out, split="test", overwrite=True, progress=False)
     return out
 

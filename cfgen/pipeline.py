@@ -31,7 +31,7 @@ from cfgen.counterfactuals.generation import EXACT, generate_counterfactuals, wr
 from cfgen.counterfactuals.metrics import evaluate_counterfactuals
 from cfgen.counterfactuals.tuning import DEPTHS, GUIDANCE, tune_inference
 from cfgen.data.adapters import open_dataset
-from cfgen.data.table import SPLIT_COLUMN, read_imagefolder
+from cfgen.data.table import SPLIT_COLUMN
 from cfgen.datasets import DEFAULT, BuiltinDataset, builtin_of
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import INVERSIONS, LOCALIZE
@@ -102,9 +102,11 @@ def run_pipeline(
     strength: float = 0.99,
     seed: int = 0,
     mixed_precision: str = "auto",
+    resize: int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Run every stage into ``out``; nothing is left behind if a stage fails."""
+    """Run every stage into ``out``; nothing is left behind if a stage fails. ``resize`` (a side in
+    pixels) makes every stage read the images as that square in RGB, for data of mixed sizes."""
     out = Path(out)
     check_output_dir(out, overwrite)
     resolve_mixed_precision(mixed_precision)  # refuses a bad choice before any stage runs
@@ -129,25 +131,25 @@ def run_pipeline(
         if data is None:
             stage("dataset", f"building the default dataset ({DEFAULT.name}, its ties at strength {strength})")
             data = DEFAULT.build(run_dir / "data", strength, settings["sizes"], seed)
-        builtin = builtin_of(open_dataset(data))
+        table = open_dataset(data)
+        builtin = builtin_of(table)
         stage("measure", "measuring confounding on the training split")
         before = measure_folders([data], run_dir / "confounding", label=label, attributes=attributes, seed=seed)
         stage("generator", f"training the generator ({preset} preset, deconfound {settings['deconfound']})")
         generator = train_generator(
             data, run_dir / "generator", label=label, attributes=attributes, preset=preset,
             deconfound=settings["deconfound"], steps=settings["generator_steps"], seed=seed,
-            mixed_precision=mixed_precision,
+            mixed_precision=mixed_precision, resize=resize,
         )
         inference = None
-        table = read_imagefolder(data)
         if SPLIT_COLUMN in table.columns and "validation" in set(table.column(SPLIT_COLUMN)):
             stage("tune", "choosing each edited attribute's inference settings on the validation split")
             inference = tune_inference(
                 generator, data, attributes=spurious, steps=settings["ddim_steps"], judge_steps=settings["judge_steps"],
-                mixed_precision=mixed_precision, seed=seed, **settings["tune"],
+                mixed_precision=mixed_precision, seed=seed, resize=resize, **settings["tune"],
             )  # fmt: skip
         stage("generate", f"generating counterfactuals: {intervention} on training images")
-        common = {"split": "train", "seed": seed, "limit": settings["sources"]}
+        common = {"split": "train", "seed": seed, "limit": settings["sources"], "resize": resize}
         counterfactuals = generate_counterfactuals(
             data, intervention, run_dir / "counterfactuals", generator=generator, steps=settings["ddim_steps"],
             mixed_precision=mixed_precision, **common,
@@ -161,7 +163,7 @@ def run_pipeline(
                 soundness_images=settings["soundness_images"],
             )
             write_json(run_dir / "counterfactual_quality.json", quality)
-            write_example_grid(counterfactuals, data, exact=exact, out=run_dir / "examples.png")
+            write_example_grid(counterfactuals, table, exact=exact, out=run_dir / "examples.png")
         stage("remeasure", "measuring original + counterfactuals against the original")
         after = measure_folders(
             [data, counterfactuals], run_dir / "confounding_after", label=label, attributes=attributes,
@@ -173,7 +175,7 @@ def run_pipeline(
             config = ClassifierConfig(
                 data=str(data), method=method, out=str(run_dir / "classifiers" / method), label=label,
                 spurious=tuple(spurious), counterfactuals=(str(counterfactuals),), epochs=settings["epochs"],
-                seeds=settings["seeds"], pair_share=PAIR_SHARE, mixed_precision=mixed_precision,
+                seeds=settings["seeds"], pair_share=PAIR_SHARE, mixed_precision=mixed_precision, resize=resize,
             )
             classifiers[method] = train_classifiers(config)
         timings["end"] = time.perf_counter()

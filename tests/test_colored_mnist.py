@@ -185,7 +185,7 @@ def test_bad_interventions_and_folders(small32: Path, small_folder: Path, tmp_pa
         generate_counterfactuals(small32, "shade=dark", generator="exact", out=tmp_path / "c")
     with pytest.raises(CfgenError, match="unknown attribute 'shade'"):
         render_counterfactual(small32, 0, {"shade": "dark"})
-    with pytest.raises(CfgenError, match="not a built-in dataset .* colored-mnist"):
+    with pytest.raises(CfgenError, match=r"not a built-in dataset .* colored-mnist"):
         generate_counterfactuals(small_folder, "color=*", generator="exact", out=tmp_path / "d")
     assert [p.name for p in tmp_path.iterdir()] == ["small"]
 

@@ -400,7 +400,7 @@ def test_metrics_on_other_datasets_use_group_balanced_judges(tmp_path: Path, jud
             color = request.target["color"] if kind == "edited" else table.columns["color"][request.row]
             image = _square_image(table.columns["y"][request.row], color, rng)
             Image.fromarray(image).save(folder / image_name(i))
-        write_counterfactual_folder(folder, data, table, requests, intervention, generator="synthetic")
+        write_counterfactual_folder(folder, data, table, requests, intervention, "synthetic", schema)
         scores[kind] = evaluate_counterfactuals(folder, data, label="y", judge_cache=judge_cache, judge_steps=120,
                                                 judge_batch_size=32)  # fmt: skip
     edited, unedited = scores["edited"], scores["unedited"]
@@ -422,14 +422,14 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     shutil.copytree(generator, tuned)
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
     grid = ["--depths", "0.4,1.0", "--guidance", "6", "--localize", "no,others", "--inversions", "ddim,ddpm",
-            "--ddim-steps", "4", "--sources", "12", *judge]  # fmt: skip
+            "--ddim-steps", "4", "--sources", "6", *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
     assert CounterfactualPipeline.from_pretrained(tuned).config.inference == inference  # both records agree
     assert f"(chosen: {json.dumps(inference['attributes'])})" in (tuned / "README.md").read_text()  # the card too
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
-    assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 12
+    assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 6
     for name, scores in inference["selection"]["grid"].items():
         assert len(scores) == 8
         assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)

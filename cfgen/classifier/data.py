@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from cfgen.data.adapters import open_dataset
-from cfgen.data.counterfactuals import metadata_digest
+from cfgen.data.counterfactuals import made_from
 from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Attribute, Schema, check_informative, infer_attribute
-from cfgen.data.table import CARD_FILE, FILE_COLUMN, METADATA_FILE, SPLIT_COLUMN, MetadataTable, read_imagefolder
+from cfgen.data.table import CARD_FILE, FILE_COLUMN, SPLIT_COLUMN, MetadataTable, read_imagefolder
 from cfgen.datasets import builtin_of
 from cfgen.errors import CfgenError
 
@@ -291,12 +291,10 @@ def _counterfactual_table(
             f"{folder} is not a counterfactual folder (its {CARD_FILE} has no 'counterfactuals' entry); "
             "make one with `cfgen generate`"
         )
-    if not (Path(data) / METADATA_FILE).is_file():
-        raise CfgenError(f"counterfactuals need a dataset with its own {METADATA_FILE}; {data} has none")
-    if entry.get("source_metadata_sha256") != metadata_digest(data):
+    if not made_from(cf.card, table):
         raise CfgenError(
-            f"{folder} was made from another dataset ({entry.get('source', '?')}): its source metadata "
-            f"sha256 does not match {Path(data) / METADATA_FILE}"
+            f"{folder} was made from another dataset ({entry.get('source', '?')}): the digest of its source's "
+            f"table does not match {data}'s"
         )
     rows_text = cf.column("cf_source_row")
     try:

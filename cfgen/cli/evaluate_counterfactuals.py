@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from cfgen.cli.options import add_output_arguments, column_list
+from cfgen.cli.options import add_format_argument, add_output_arguments, column_list
 from cfgen.counterfactuals.metrics import (
     DEFAULT_RARE_RATIO,
     DEFAULT_SOUNDNESS_IMAGES,
@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``evaluate-counterfactuals`` options."""
     parser.add_argument("--counterfactuals", required=True, help="counterfactual folder (cfgen generate)")
     parser.add_argument("--data", required=True, help="the dataset folder the counterfactuals were made from")
+    add_format_argument(parser)
+    parser.add_argument("--resize", type=int, help="read the images as NxN RGB (data of mixed sizes)")
     parser.add_argument(
         "--exact", help="exact counterfactuals of the same edits (built-in datasets: --generator exact)"
     )
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
         metrics = evaluate_counterfactuals(
             args.counterfactuals, args.data, args.exact, args.label, args.attributes, args.judge_cache,
             args.judge_steps, args.judge_batch_size, args.judge_images, args.rare_ratio, args.seed, progress=True,
-            soundness_images=args.soundness_images,
+            soundness_images=args.soundness_images, data_format=args.format, resize=args.resize,
         )  # fmt: skip
         write_json(staging / METRICS_FILE, metrics)
         write_run_record(staging, {k: v for k, v in vars(args).items() if k != "handler"}, seed=args.seed)

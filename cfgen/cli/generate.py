@@ -1,10 +1,8 @@
 """``cfgen generate``: write a counterfactual dataset with a trained generator or the exact renderer."""
 
 import argparse
-import os
-import sys
 
-from cfgen.cli.options import add_output_arguments, add_renamed
+from cfgen.cli.options import add_format_argument, add_output_arguments, add_renamed, finish
 from cfgen.counterfactuals.generation import generate_counterfactuals, process_state
 from cfgen.generator.inference import (
     DEFAULT_GUIDANCE,
@@ -20,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``generate`` options."""
     parser.add_argument("--generator", required=True, help="a trained generator folder, or 'exact' (built-in datasets)")
     parser.add_argument("--data", required=True, help="source dataset folder")
+    add_format_argument(parser)
     parser.add_argument(
         "--intervene", required=True, help='e.g. "fg_color=green", "fg_color=*", "fg_color=random,thickness=thick"'
     )
@@ -88,12 +87,7 @@ def run(args: argparse.Namespace) -> None:
         inversion=args.inversion,
         mixed_precision=args.mixed_precision,
         resize=args.resize,
+        data_format=args.format,
         overwrite=args.overwrite,
     )
-    state = process_state()
-    if state.is_main_process:
-        print(f"wrote {out}")
-    if state.num_processes > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    finish(process_state(), f"wrote {out}")

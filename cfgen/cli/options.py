@@ -1,7 +1,12 @@
 """Argument types and option groups that several subcommands share."""
 
 import argparse
+import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the commands that need no torch import none through this module
+    from accelerate import PartialState
 
 from cfgen.data.adapters import FORMATS
 
@@ -32,6 +37,10 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kinds", type=kind_overrides, default={}, help="override inferred kinds, e.g. age=continuous,site=categorical"
     )
+    add_format_argument(parser)
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto", choices=FORMATS, help="dataset layout (default: detect)")
 
 
@@ -61,3 +70,15 @@ def add_renamed(
         parser.add_argument(old, dest=dest, action=Renamed, new=new, nargs=0, const=const, default=argparse.SUPPRESS)
     else:
         parser.add_argument(old, dest=dest, type=type, action=Renamed, new=new, default=argparse.SUPPRESS)
+
+
+def finish(state: "PartialState", message: str) -> None:
+    """Print ``message`` on the main process; with several processes, wait for all and leave through
+    ``os._exit(0)``: torch's gloo teardown sometimes aborts a rank that has finished (environment.md)."""
+    if state.is_main_process:
+        print(message)
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

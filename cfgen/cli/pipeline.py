@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="every stage's precision; auto (default): bf16 on CUDA GPUs with bf16 and CPUs with AMX, else no",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    parser.add_argument("--resize", type=int, help="read every image as an NxN RGB square (data of mixed sizes)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
         strength=args.strength,
         seed=args.seed,
         mixed_precision=args.mixed_precision,
+        resize=args.resize,
         overwrite=args.overwrite,
     )
     print(f"\ndone: read {out / 'report.md'}")

@@ -5,15 +5,13 @@ backbone is one ``error:`` line listing the valid ones (argparse would add a usa
 """
 
 import argparse
-import os
-import sys
 
 from accelerate import PartialState
 
 from cfgen.classifier.config import CF_DISTANCES, CF_LAYERS, METHOD_NAMES, ClassifierConfig, parse_seeds
 from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.training import train_classifiers
-from cfgen.cli.options import add_output_arguments, add_renamed, column_list, kind_overrides
+from cfgen.cli.options import add_output_arguments, add_renamed, column_list, finish, kind_overrides
 from cfgen.data.adapters import FORMATS
 from cfgen.runtime import MIXED_PRECISION_CHOICES, REPORT_TO_CHOICES
 
@@ -129,18 +127,9 @@ def config_from_args(args: argparse.Namespace) -> ClassifierConfig:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train, print the table on the main process; with several processes, leave through
-    ``os._exit(0)`` once all are done (gloo's teardown can abort a finished rank otherwise)."""
+    """``cfgen train-classifier``: train, print the table."""
     metrics = train_classifiers(config_from_args(args))
-    state = PartialState()
-    if state.is_main_process:
-        print(format_table(metrics))
-        print(f"wrote {args.out}")
-    if state.num_processes > 1:
-        state.wait_for_everyone()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    finish(PartialState(), f"{format_table(metrics)}\nwrote {args.out}")
 
 
 def format_table(metrics: dict) -> str:

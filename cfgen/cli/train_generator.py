@@ -1,13 +1,11 @@
 """``cfgen train-generator``: train a counterfactual generator."""
 
 import argparse
-import os
-import sys
 from dataclasses import fields
 
 from accelerate import PartialState
 
-from cfgen.cli.options import add_dataset_arguments, add_output_arguments
+from cfgen.cli.options import add_dataset_arguments, add_output_arguments, finish
 from cfgen.generator.deconfounding import (
     CONSISTENCY_TERMS,
     ConsistencySettings,
@@ -118,14 +116,6 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 
 def run(args: argparse.Namespace) -> None:
-    """``cfgen train-generator``: train, then leave cleanly when several processes ran."""
+    """``cfgen train-generator``."""
     out = train(config_from_args(args))
-    state = PartialState()
-    if state.is_main_process:
-        print(f"wrote {out}")
-    if state.num_processes > 1:
-        # torch's gloo teardown sometimes aborts a finished rank (environment.md): leave without it
-        state.wait_for_everyone()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    finish(PartialState(), f"wrote {out}")

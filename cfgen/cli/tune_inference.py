@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from cfgen.cli.options import add_renamed
+from cfgen.cli.options import add_format_argument, add_renamed
 from cfgen.counterfactuals.metrics import (
     DEFAULT_JUDGE_BATCH_SIZE,
     DEFAULT_JUDGE_IMAGES,
@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``tune-inference`` options."""
     parser.add_argument("--generator", required=True, help="generator folder (its defaults are rewritten)")
     parser.add_argument("--data", required=True, help="dataset folder with a validation split")
+    add_format_argument(parser)
+    parser.add_argument("--resize", type=int, help="read the images as NxN RGB (data of mixed sizes)")
     parser.add_argument("--split", default="validation", help="rows to choose on (default validation; never test)")
     parser.add_argument("--attributes", type=lambda t: [p for p in t.split(",") if p], help="default: every one")
     parser.add_argument("--depths", type=_numbers, default=DEPTHS, help="inversion depths to try (default %(default)s)")
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> None:
         args.generator, args.data, args.split, args.attributes, args.depths, args.guidance,
         args.localize, args.steps, args.inversions,
         args.sources, args.judge_steps, args.judge_batch_size, args.judge_images, args.judge_cache,
-        args.mixed_precision, args.seed, progress=True,
+        args.mixed_precision, args.seed, progress=True, data_format=args.format,
+        resize=args.resize,
     )  # fmt: skip
     for name, settings in inference["attributes"].items():
         print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, guidance "

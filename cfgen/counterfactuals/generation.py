@@ -29,7 +29,8 @@ from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cfgen.data.counterfactuals import image_name, metadata_digest, write_counterfactual_folder
+from cfgen.data.adapters import open_dataset
+from cfgen.data.counterfactuals import dataset_digest, image_name, write_counterfactual_folder
 from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
 from cfgen.data.schema import Schema, present_values
 from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
@@ -197,6 +198,7 @@ def generate_counterfactuals(
     inversion: str | None = None,
     mixed_precision: str = "auto",
     resize: int | None = None,
+    data_format: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -211,7 +213,7 @@ def generate_counterfactuals(
     if batch_size < 1:
         raise CfgenError(f"--batch-size must be at least 1, not {batch_size}")
     check_output_dir(out, overwrite)
-    table = read_imagefolder(data)
+    table = open_dataset(data, data_format)
     rows = None
     if split not in (None, "all"):
         table.split(split)  # refuses an unknown split, listing the valid ones
@@ -255,7 +257,7 @@ def generate_counterfactuals(
 
     record = {
         "data": str(data.resolve()),
-        "data_metadata_sha256": metadata_digest(data),
+        "data_sha256": dataset_digest(table),
         "intervention": str(intervention),
         "split": split,
         "limit": limit,
@@ -277,8 +279,8 @@ def generate_counterfactuals(
     if state.is_main_process:
         for leftover in (staging / image_name(0)).parent.glob(".*.tmp"):
             leftover.unlink()  # temporary files of an interrupted run
-        write_counterfactual_folder(staging, data, table, requests, intervention, generator=source.name)
-        write_example_grid(staging, data)
+        write_counterfactual_folder(staging, data, table, requests, intervention, source.name, source.schema)
+        write_example_grid(staging, table)
         (staging / SETTINGS_FILE).unlink()
         run_config = {**record, "batch_size": batch_size, "processes": state.num_processes}
         write_run_record(staging, run_config, seed, record.get("mixed_precision"))
@@ -349,14 +351,14 @@ def _write_atomically(path: Path, write: Any) -> None:
     os.replace(temporary, path)
 
 
-def write_example_grid(folder: Path, data: Path, exact: Path | None = None, out: Path | None = None) -> Path:
+def write_example_grid(folder: Path, source: MetadataTable, exact: Path | None = None, out: Path | None = None) -> Path:
     """A picture of a counterfactual folder (``folder/examples.png`` unless ``out``): up to 8 source images
     (top row) and their counterfactuals below, each captioned with the values it set, with the exact
     counterfactual of each edit above it when an ``exact`` folder of the same edits is given."""
     cf = read_imagefolder(folder)
     source_rows = cf.column("cf_source_row")
-    sources = list(dict.fromkeys(source_rows))[:GRID_SOURCES]
-    of_source = {source: np.flatnonzero(source_rows == source)[:GRID_COUNTERFACTUALS] for source in sources}
+    shown = list(dict.fromkeys(source_rows))[:GRID_SOURCES]
+    of_source = {row: np.flatnonzero(source_rows == row)[:GRID_COUNTERFACTUALS] for row in shown}
     truth = {}
     if exact is not None:
         reference = read_imagefolder(exact)
@@ -370,21 +372,21 @@ def write_example_grid(folder: Path, data: Path, exact: Path | None = None, out:
     depth = max(len(rows) for rows in of_source.values())
     kinds = ["exact", "edit"] if truth else ["edit"]
     cells: list[list[tuple[np.ndarray, str] | None]] = [
-        [cell(str(data / cf.column("cf_source")[of_source[source][0]]), f"row {source}") for source in sources]
+        [cell(source.image_paths[int(row)], f"row {row}") for row in shown]
     ]
     labels = ["source"]
     for k in range(depth):
         for kind in kinds:
-            row = []
-            for source in sources:
-                if k >= len(of_source[source]):
-                    row.append(None)
+            line = []
+            for row in shown:
+                if k >= len(of_source[row]):
+                    line.append(None)
                     continue
-                index = of_source[source][k]
+                index = of_source[row][k]
                 target = cf.column("cf_counterfactual")[index]
-                path = cf.image_paths[index] if kind == "edit" else truth.get((source, target))
-                row.append(None if path is None else cell(path, target.replace(",", "\n")))
-            cells.append(row)
+                path = cf.image_paths[index] if kind == "edit" else truth.get((row, target))
+                line.append(None if path is None else cell(path, target.replace(",", "\n")))
+            cells.append(line)
             labels.append(f"{kind} {k + 1}" if depth > 1 else kind)
     path = out or folder / GRID_FILE
     Image.fromarray(labelled_grid(cells, labels)).save(path)

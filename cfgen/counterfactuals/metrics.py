@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from cfgen.counterfactuals.soundness import frechet_distance, generator_edit, soundness
-from cfgen.data.counterfactuals import metadata_digest
+from cfgen.data.adapters import open_dataset
+from cfgen.data.counterfactuals import made_from
 from cfgen.data.images import ImageFormat, load_images
 from cfgen.data.schema import Schema
 from cfgen.data.table import MetadataTable, read_imagefolder
@@ -132,14 +133,13 @@ def _mean(values: Any) -> float | None:
 
 
 def _exact_errors(
-    cf: MetadataTable, exact_dir: Path, data: Path, image_format: ImageFormat, builtin: BuiltinDataset | None
+    cf: MetadataTable, exact_dir: Path, source: MetadataTable, image_format: ImageFormat, builtin: BuiltinDataset | None
 ) -> dict[str, np.ndarray]:
     """Per row, against the exact counterfactual of the same edit (NaN where none exists): pixel MSE (images
     in [0, 1]) and, on a built-in dataset, its judge-free shape errors."""
     exact = read_imagefolder(exact_dir)
-    recorded = (exact.card.get("counterfactuals") or {}).get("source_metadata_sha256")
-    if recorded != metadata_digest(data):
-        raise CfgenError(f"--exact {exact_dir} was not made from {data} (its card names another source dataset)")
+    if not made_from(exact.card, source):
+        raise CfgenError(f"--exact {exact_dir} was not made from {source.source} (its card names another dataset)")
     if not all(column in exact.columns for column in PROVENANCE):
         raise CfgenError(f"--exact {exact_dir} is not a counterfactual folder: it lacks the cf_ provenance columns")
     where = {key: i for i, key in enumerate(zip(*(exact.columns[c] for c in PROVENANCE), strict=True))}
@@ -175,6 +175,8 @@ def evaluate_counterfactuals(
     seed: int = 0,
     progress: bool = False,
     soundness_images: int = DEFAULT_SOUNDNESS_IMAGES,
+    data_format: str = "auto",
+    resize: int | None = None,
 ) -> dict[str, Any]:
     """The metrics of a counterfactual folder made from ``data`` (see the module docstring)."""
     cf_dir, data = Path(counterfactuals), Path(data)
@@ -184,16 +186,15 @@ def evaluate_counterfactuals(
         raise CfgenError(
             f"{cf_dir} is not a counterfactual folder: it lacks {', '.join(missing)} (made by cfgen generate)"
         )
-    source = read_imagefolder(data)
-    recorded = (cf.card.get("counterfactuals") or {}).get("source_metadata_sha256")
-    if recorded != metadata_digest(data):
+    source = open_dataset(data, data_format)
+    if not made_from(cf.card, source):
         raise CfgenError(f"{cf_dir} was not made from {data} (its card names another source dataset); pass that --data")
     if not 0 < rare_ratio <= 1:
         raise CfgenError(f"--rare-ratio must be in (0, 1], not {rare_ratio}")
-    schema = source.schema(label, attributes)
+    schema = source.schema(label or cf.card.get("label"), attributes or cf.card.get("attributes"))
     judges = load_or_train_judges(
-        data, source, schema, Path(judge_cache) if judge_cache else default_judge_cache(),
-        judge_steps, judge_batch_size, judge_images, seed, progress,
+        source, schema, Path(judge_cache) if judge_cache else default_judge_cache(),
+        judge_steps, judge_batch_size, judge_images, seed, progress, resize,
     )  # fmt: skip
     cf_images = load_images(cf.image_paths, judges.image_format, progress)
     judged, cf_features = judges.read(cf_images)
@@ -210,7 +211,7 @@ def evaluate_counterfactuals(
     groups = {"all": np.ones(len(cf), dtype=bool), **rarity(source, schema, cf, rare_ratio)}
     errors = {}
     if exact is not None:
-        errors = _exact_errors(cf, Path(exact), data, judges.image_format, builtin_of(source))
+        errors = _exact_errors(cf, Path(exact), source, judges.image_format, builtin_of(source))
 
     measured = {}  # the generator's soundness, per counterfactual (NaN where not measured)
     edit = generator_edit(cf_dir) if soundness_images > 0 else None

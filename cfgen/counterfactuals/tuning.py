@@ -27,8 +27,9 @@ from cfgen.counterfactuals.metrics import (
     default_judge_cache,
     load_or_train_judges,
 )
+from cfgen.data.adapters import open_dataset
 from cfgen.data.images import load_images
-from cfgen.data.table import SPLIT_COLUMN, read_imagefolder
+from cfgen.data.table import SPLIT_COLUMN
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, InferenceSettings
 from cfgen.generator.model import Generator
@@ -61,6 +62,8 @@ def tune_inference(
     mixed_precision: str = "auto",
     seed: int = 0,
     progress: bool = False,
+    data_format: str = "auto",
+    resize: int | None = None,
 ) -> dict[str, Any]:
     """Choose, save into ``generator`` and return each attribute's settings (``inference`` of its config).
 
@@ -73,14 +76,14 @@ def tune_inference(
     if split.startswith("test"):
         raise CfgenError(f"inference settings are never chosen on a test split ({split!r}); use validation")
     model = Generator.load(folder)
-    table = read_imagefolder(data)
+    table = open_dataset(data, data_format)
     if SPLIT_COLUMN not in table.columns or split not in set(table.column(SPLIT_COLUMN)):
         splits = sorted(set(table.column(SPLIT_COLUMN))) if SPLIT_COLUMN in table.columns else []
         raise CfgenError(
             f"{data} has no {split!r} split to choose inference settings on; its splits: {', '.join(splits) or 'none'}"
         )
     rows = np.flatnonzero(table.column(SPLIT_COLUMN) == split)[:sources]
-    check_sources(model, table.select(rows), str(folder))
+    check_sources(model, table.select(rows), str(folder), resize)
     editable = [v.name for v in model.schema.attributes if v.is_discrete and v.num_values > 1]
     attributes = list(attributes or editable)
     unknown = [name for name in attributes if name not in editable]
@@ -96,8 +99,8 @@ def tune_inference(
             raise CfgenError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(valid)}")
     schema = model.schema
     judges = load_or_train_judges(
-        data, table, schema, Path(judge_cache) if judge_cache else default_judge_cache(), judge_steps,
-        judge_batch_size, judge_images, seed, progress,
+        table, schema, Path(judge_cache) if judge_cache else default_judge_cache(), judge_steps,
+        judge_batch_size, judge_images, seed, progress, resize=resize,
     )  # fmt: skip
     on_sources = judges(load_images(table.image_paths[rows], judges.image_format))
     precision = resolve_mixed_precision(mixed_precision)
@@ -137,7 +140,8 @@ def tune_inference(
             -s["guidance"],
         ))  # fmt: skip
         chosen[name] = {
-            "steps": steps, **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion")}
+            "steps": steps,
+            **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion")},
         }
         grid[name] = scores
     inference = {

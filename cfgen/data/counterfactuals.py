@@ -11,8 +11,8 @@ and the meter can check that the association is gone:
     cf_counterfactual  their new values, as "a=x,b=y"
     cf_generator       what made the image ("exact" renderer or a generator folder)
 
-The card (cfgen_dataset.json) records the source folder and a hash of its metadata, so a stage can
-tell whether a counterfactual folder belongs to a dataset.
+The card (cfgen_dataset.json) records the source folder and a digest of its table, whatever its
+layout (``dataset_digest``), so a stage can tell whether a counterfactual folder belongs to a dataset.
 """
 
 import hashlib
@@ -20,15 +20,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cfgen.data.hub import write_dataset
+from cfgen.data.schema import Schema
 from cfgen.data.table import FILE_COLUMN, METADATA_FILE, MetadataTable, write_card
 from cfgen.interventions import Intervention, Request, format_assignment
 
 PROVENANCE_COLUMNS = ("cf_source", "cf_source_row", "cf_intervened", "cf_factual", "cf_counterfactual", "cf_generator")
 
 
-def metadata_digest(dataset_dir: str | Path) -> str:
-    """SHA-256 of a folder's metadata.csv: the identity a counterfactual folder refers to."""
-    return hashlib.sha256((Path(dataset_dir) / METADATA_FILE).read_bytes()).hexdigest()
+def dataset_digest(table: MetadataTable) -> str:
+    """SHA-256 of a dataset's table, every column in row order, whatever layout it was read from: the
+    identity a counterfactual folder (and a judge cache) refers to."""
+    digest = hashlib.sha256()
+    for name in sorted(table.columns):
+        digest.update(name.encode() + b"\0" + "\x1f".join(map(str, table.columns[name])).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def made_from(card: dict, table: MetadataTable) -> bool:
+    """Whether a counterfactual folder's card names ``table`` as its source. Folders written before the
+    digest covered every layout recorded the SHA-256 of the source's metadata.csv instead."""
+    entry = card.get("counterfactuals") or {}
+    if "source_sha256" in entry:
+        return entry["source_sha256"] == dataset_digest(table)
+    metadata = Path(table.source) / METADATA_FILE
+    recorded = entry.get("source_metadata_sha256")
+    return recorded is not None and metadata.is_file() and recorded == hashlib.sha256(metadata.read_bytes()).hexdigest()
 
 
 def image_name(request_index: int) -> str:
@@ -69,15 +85,19 @@ def write_counterfactual_folder(
     requests: Sequence[Request],
     intervention: Intervention,
     generator: str,
+    schema: Schema,
 ) -> None:
     """Write the tables and the card of a folder whose images ``image_name(i)`` are in place (they move into
-    their source's split's folder, hub.py)."""
+    their source's split's folder, hub.py). The card names the label and attributes of ``schema``, the
+    variables the counterfactuals were made under."""
     columns = counterfactual_columns(source, requests, range(len(requests)), generator)
     write_dataset(folder, columns, string_columns=PROVENANCE_COLUMNS)
-    card = {key: source.card[key] for key in ("label", "attributes", "vocabulary") if key in source.card}
+    card = {"label": schema.label.name, "attributes": [a.name for a in schema.attributes]}
+    if "vocabulary" in source.card:
+        card["vocabulary"] = source.card["vocabulary"]
     card["counterfactuals"] = {
         "source": str(Path(source_dir).resolve()),
-        "source_metadata_sha256": metadata_digest(source_dir),
+        "source_sha256": dataset_digest(source),
         "intervention": str(intervention),
         "generator": generator,
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cfgen.data.counterfactuals import metadata_digest
+from cfgen.data.counterfactuals import dataset_digest
 from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range
 from cfgen.data.schema import Schema
 from cfgen.data.table import MetadataTable
@@ -83,7 +83,6 @@ def training_rows(table: MetadataTable) -> MetadataTable:
 
 
 def load_or_train_judges(
-    data: Path,
     table: MetadataTable,
     schema: Schema,
     cache: Path,
@@ -92,9 +91,12 @@ def load_or_train_judges(
     images: int = DEFAULT_JUDGE_IMAGES,
     seed: int = 0,
     progress: bool = False,
+    resize: int | None = None,
 ) -> Judges:
-    """The judges of a dataset's discrete variables, from the cache or trained (then cached)."""
+    """The judges of a dataset's discrete variables, from the cache or trained (then cached); a built-in
+    dataset draws ``images`` judge images (at most as many as ``steps`` batches hold)."""
     builtin = builtin_of(table)
+    images = min(images, steps * batch_size)  # never more distinct images than the training will see
     pixel = [name for name in schema.names if builtin is not None and name in builtin.pixel_judged]
     learned = [v for v in schema.variables if v.is_discrete and v.name not in pixel]
     if builtin is not None:
@@ -102,8 +104,8 @@ def load_or_train_judges(
         image_format = ImageFormat((size, size), "RGB")
         identity = builtin.judge_data_identity(table)
     else:
-        image_format = check_images(training_rows(table))
-        identity = metadata_digest(data)
+        image_format = check_images(training_rows(table), resize)
+        identity = dataset_digest(table)
     key = {
         "version": JUDGES_VERSION,
         "data": identity,
