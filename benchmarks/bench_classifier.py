@@ -38,9 +38,9 @@ from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.counterfactuals import dataset_digest, made_from
 from cfgen.data.table import read_imagefolder
 from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
+from cfgen.generator.config import PRESETS as GENERATOR_PRESETS
 from cfgen.generator.inference import DEFAULT_STEPS
 from cfgen.generator.model import CONFIG_FILE
-from cfgen.generator.training import PRESETS as GENERATOR_PRESETS
 from cfgen.generator.training import train_generator
 from cfgen.io import write_json
 

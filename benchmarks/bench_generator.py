@@ -47,9 +47,10 @@ from cfgen.data.counterfactuals import made_from
 from cfgen.data.images import ImageFormat
 from cfgen.data.table import read_imagefolder
 from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
+from cfgen.generator.config import PRESETS
 from cfgen.generator.inference import DEFAULT_INVERSION_DEPTH, DEFAULT_STEPS
 from cfgen.generator.model import Generator
-from cfgen.generator.training import PRESETS, train_generator
+from cfgen.generator.training import train_generator
 from cfgen.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -54,8 +54,9 @@ from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.counterfactuals.metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
 from cfgen.data.counterfactuals import made_from
 from cfgen.data.table import read_imagefolder
+from cfgen.generator.checkpoints import TRAINING_CONFIG_FILE
 from cfgen.generator.model import CONFIG_FILE
-from cfgen.generator.training import TRAINING_CONFIG_FILE, train_generator
+from cfgen.generator.training import train_generator
 from cfgen.io import write_json
 from cfgen.judges import JUDGES_VERSION
 

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from cfgen.data.images import ImageFormat
+from cfgen.generator.checkpoints import TRAINING_CONFIG_FILE
+from cfgen.generator.config import TrainingConfig
 from cfgen.generator.deconfounding import JUDGES_FOLDER
 from cfgen.generator.model import CONFIG_FILE, build_unet
-from cfgen.generator.training import TRAINING_CONFIG_FILE, TrainingConfig
 from cfgen.io import package_versions
 from cfgen.judges import JUDGES_VERSION
 from cfgen.judges.model import CONFIG_FILE as JUDGES_CONFIG

@@ -23,6 +23,8 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.cells import discrete_columns, effective_sample_size, group_balanced_weights
 from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range
 from cfgen.errors import CfgenError
+from cfgen.generator.checkpoints import list_checkpoints
+from cfgen.generator.config import PRESETS, TrainingConfig
 from cfgen.generator.deconfounding import (
     CONSISTENCY_TERMS,
     ConsistencyObjective,
@@ -31,15 +33,7 @@ from cfgen.generator.deconfounding import (
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.pipeline import save_generator
-from cfgen.generator.training import (
-    PRESETS,
-    Denoiser,
-    TrainingConfig,
-    denoising_loss,
-    list_checkpoints,
-    train_generator,
-    training_loss,
-)
+from cfgen.generator.training import Denoiser, denoising_loss, train_generator, training_loss
 from cfgen.judges import AttributeJudges, train_judges
 from cfgen.judges.training import confounding_log_priors, shift
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cfgen.cli import main
-from cfgen.generator.training import PRESETS as GENERATOR_PRESETS
+from cfgen.generator.config import PRESETS as GENERATOR_PRESETS
 from cfgen.pipeline import PRESETS
 from cfgen.runtime import resolve_mixed_precision
 

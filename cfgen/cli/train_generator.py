@@ -6,12 +6,13 @@ from dataclasses import fields
 from accelerate import PartialState
 
 from cfgen.cli.options import add_dataset_arguments, add_output_arguments, finish
+from cfgen.generator.config import PRESETS, TrainingConfig
 from cfgen.generator.deconfounding import (
     CONSISTENCY_TERMS,
     ConsistencySettings,
 )
 from cfgen.generator.model import ARCHITECTURES
-from cfgen.generator.training import PRESETS, TrainingConfig, train
+from cfgen.generator.training import train
 from cfgen.runtime import (
     MIXED_PRECISION_CHOICES,
     REPORT_TO_CHOICES,

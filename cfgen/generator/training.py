@@ -14,13 +14,9 @@ folder, on a filesystem every process sees:
                                    last, so a folder holding it is complete
 """
 
-import json
-import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,208 +33,32 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedR
 from tqdm.auto import tqdm
 
 from cfgen.data.adapters import open_dataset
-from cfgen.data.cells import discrete_columns, editable_columns, effective_sample_size, label_groups, pair_counts
-from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
+from cfgen.data.cells import discrete_columns, effective_sample_size
+from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range
 from cfgen.data.schema import Schema, check_informative
 from cfgen.data.table import MetadataTable
 from cfgen.errors import CfgenError
+from cfgen.generator.checkpoints import resume_point, save_checkpoint, save_final, set_up_output
+from cfgen.generator.config import TrainingConfig
 from cfgen.generator.deconfounding import (
     JUDGES_FOLDER,
     ConsistencyObjective,
-    ConsistencySettings,
-    parse_deconfound,
     reweight_weights,
 )
-from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings
-from cfgen.generator.model import ARCHITECTURES, CONFIG_FILE, Generator
-from cfgen.generator.pipeline import CounterfactualPipeline, save_generator
-from cfgen.grids import labelled_grid, save_grid
-from cfgen.io import check_writable, create_folder, finish_trackers, scalar_record, write_json, write_run_record
+from cfgen.generator.model import Generator
+from cfgen.generator.previews import SAMPLES_FOLDER, ema_weights, preview_grid, preview_setup
+from cfgen.grids import save_grid
+from cfgen.io import finish_trackers, scalar_record
 from cfgen.judges import AttributeJudges, load_or_train
 from cfgen.runtime import (
     log_image,
     make_accelerator,
-    resolve_mixed_precision,
     resolve_report_to,
     stop_if_diverged,
 )
 
-TRAINING_CONFIG_FILE = "training_config.json"
-CHECKPOINTS_FOLDER = "checkpoints"
-SAMPLES_FOLDER = "samples"
 MAX_GRAD_NORM = 1.0
-PREVIEW_EXAMPLES = 8
 
-# Values a preset fills in; an explicit flag or keyword wins. quick: minutes on a 2-core CPU for
-# colored MNIST (6,000 images of 28 px); standard: the quick model trained ten times longer, for
-# users without a GPU who want counterfactuals to use (quality rose steadily with training length,
-# docs/generator.md); full: a GPU run; tiny: seconds, for tests.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "architecture": "tiny",
-        "steps": 4,
-        "batch_size": 8,
-        "learning_rate": 1e-3,
-        "warmup_steps": 0,
-        "ema_decay": 0.9,
-        "checkpoint_every": 2,
-        "sample_every": 0,
-        "log_every": 1,
-        "judge_steps": 4,
-        "judge_batch_size": 8,
-    },
-    "quick": {
-        "architecture": "quick",
-        "steps": 400,
-        "batch_size": 64,
-        "learning_rate": 1e-3,
-        "warmup_steps": 50,
-        "ema_decay": 0.999,
-        "checkpoint_every": 200,
-        "sample_every": 200,
-        "log_every": 10,
-        "judge_steps": 200,
-        "judge_batch_size": 128,
-    },
-    "standard": {
-        "architecture": "quick",
-        "steps": 4000,
-        "batch_size": 64,
-        "learning_rate": 1e-3,
-        "warmup_steps": 50,
-        "ema_decay": 0.999,
-        "checkpoint_every": 500,
-        "sample_every": 1000,
-        "log_every": 10,
-        "judge_steps": 1000,
-        "judge_batch_size": 128,
-    },
-    "full": {
-        "architecture": "full",
-        "steps": 60_000,
-        "batch_size": 128,
-        "learning_rate": 2e-4,
-        "warmup_steps": 1000,
-        "ema_decay": 0.9999,
-        "checkpoint_every": 5000,
-        "sample_every": 5000,
-        "log_every": 50,
-        "judge_steps": 5000,
-        "judge_batch_size": 256,
-    },
-}
-# Settings that may differ when a run is resumed; everything else must match the stored configuration.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "out",
-        "steps",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "sample_every",
-        "log_every",
-        "mixed_precision",
-        "report_to",
-        "resume",
-        "overwrite",
-    }
-)
-
-
-@dataclass
-class TrainingConfig:
-    """Everything a training run depends on; ``None`` means "the preset's value"."""
-
-    data: str
-    out: str
-    label: str | None = None
-    attributes: list[str] | None = None
-    kinds: dict[str, str] = field(default_factory=dict)
-    data_format: str = "auto"
-    split: str | None = None  # default: train if the dataset has that split, else every row
-    resize: int | None = None
-    preset: str = "quick"
-    architecture: str | None = None
-    steps: int | None = None
-    batch_size: int | None = None  # per process
-    gradient_accumulation_steps: int = 1
-    learning_rate: float | None = None
-    warmup_steps: int | None = None
-    ema_decay: float | None = None
-    checkpoint_every: int | None = None  # 0: never
-    keep_checkpoints: int = 2
-    sample_every: int | None = None  # 0: never
-    log_every: int | None = None
-    judge_steps: int | None = None
-    judge_batch_size: int | None = None
-    deconfound: str | tuple[str, ...] = "none"
-    condition_dropout: float = 0.1
-    snr_gamma: float = 5.0  # 0: the plain epsilon objective
-    timestep_bias_multiplier: float = 1.0  # 1: timesteps drawn uniformly
-    timestep_bias_portion: float = 0.6  # the low-noise share of timesteps the multiplier favours
-    reweight_clip: float = 20.0
-    consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
-    mixed_precision: str = "auto"
-    report_to: str = "tensorboard"
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
-
-    def resolved(self) -> "TrainingConfig":
-        """The preset filled in, the choices parsed and every value checked."""
-        if self.preset not in PRESETS:
-            raise CfgenError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
-        filled = {
-            name: default if getattr(self, name) is None else getattr(self, name)
-            for name, default in PRESETS[self.preset].items()
-        }
-        config = replace(
-            self,
-            **filled,
-            data=str(Path(self.data).resolve()),
-            out=str(self.out),
-            deconfound=parse_deconfound(self.deconfound),
-        )
-        config._check()
-        return config
-
-    def _check(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise CfgenError(f"unknown architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
-        minimums = {
-            "steps": 1,
-            "batch_size": 1,
-            "gradient_accumulation_steps": 1,
-            "warmup_steps": 0,
-            "checkpoint_every": 0,
-            "keep_checkpoints": 1,
-            "sample_every": 0,
-            "log_every": 1,
-            "judge_steps": 1,
-            "judge_batch_size": 1,
-        }
-        for name, minimum in minimums.items():
-            if getattr(self, name) < minimum:
-                raise CfgenError(f"--{name.replace('_', '-')} must be at least {minimum}, not {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise CfgenError(f"--learning-rate must be positive, not {self.learning_rate}")
-        if not 0 <= self.ema_decay < 1:
-            raise CfgenError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
-        if not 0 <= self.condition_dropout < 1:
-            raise CfgenError(f"--condition-dropout must be in [0, 1), not {self.condition_dropout}")
-        if self.snr_gamma < 0:
-            raise CfgenError(f"--snr-gamma must be >= 0 (0 turns the weighting off), not {self.snr_gamma}")
-        if self.timestep_bias_multiplier <= 0:
-            raise CfgenError(f"--timestep-bias-multiplier must be positive, not {self.timestep_bias_multiplier}")
-        if not 0 < self.timestep_bias_portion <= 1:
-            raise CfgenError(f"--timestep-bias-portion must be in (0, 1], not {self.timestep_bias_portion}")
-        resolve_mixed_precision(self.mixed_precision)  # refuses unknown choices and fp16 without CUDA
-        resolve_report_to(self.report_to)
-        if self.resume and self.overwrite:
-            raise CfgenError("--resume continues the run in --out and --overwrite replaces it; pass only one")
-
-    def record(self) -> dict[str, Any]:
-        """JSON-ready form, for training_config.json and run.json."""
-        return json.loads(json.dumps(asdict(self)))
 
 
 def train_generator(data: str | Path, out: str | Path, **options: Any) -> Path:
@@ -380,7 +200,7 @@ def train(config: TrainingConfig) -> Path:
             "ess_fraction": ess / len(codes),
         }
         accelerator.print(f"reweighting: effective sample size {ess:.0f} of {len(codes)} images")
-    _set_up_output(accelerator, out, config)  # every input is checked: now the folder may change
+    set_up_output(accelerator, out, config)  # every input is checked: now the folder may change
     if config.resume and resume_from is None:
         accelerator.print(f"--resume: {out} has no checkpoint yet; starting from step 0")
     consistency = None
@@ -483,7 +303,7 @@ def train(config: TrainingConfig) -> Path:
                 if config.checkpoint_every and (step % config.checkpoint_every == 0 or last):
                     save_checkpoint(accelerator, out, step, config.keep_checkpoints)
                 if config.sample_every and (step % config.sample_every == 0 or last) and accelerator.is_main_process:
-                    with _ema_weights(ema, accelerator.unwrap_model(model)), accelerator.autocast():
+                    with ema_weights(ema, accelerator.unwrap_model(model)), accelerator.autocast():
                         grid = preview_grid(
                             generator,
                             to_model_range(images[preview_rows]).to(accelerator.device),
@@ -551,64 +371,6 @@ def load_training_data(config: TrainingConfig, progress: bool = False) -> Traini
     return TrainingData(table, split, schema, image_format, load_images(table.image_paths, image_format, progress))
 
 
-def resume_point(out: Path, config: TrainingConfig) -> Path | None:
-    """Apply the output-folder rules, writing nothing; returns the checkpoint to resume from, if any.
-
-    A run is refused when ``out`` exists, unless it is resumed (an interrupted run, or a finished one
-    given more --steps) or replaced (--overwrite).
-    """
-    if config.resume and out.exists():
-        stored = out / TRAINING_CONFIG_FILE
-        if not stored.is_file():
-            raise CfgenError(
-                f"{out} is not a generator training folder (it has no {TRAINING_CONFIG_FILE}); cannot --resume it"
-            )
-        _check_resumable(json.loads(stored.read_text()), config.record(), out)
-        checkpoints = list_checkpoints(out)
-        if (out / CONFIG_FILE).is_file():
-            done = checkpoints[-1][0] if checkpoints else None
-            if done is None or done >= config.steps:
-                raise CfgenError(
-                    f"{out} is a finished generator (trained for {done or 'an unknown number of'} steps); "
-                    "raise --steps to continue it, or pass --overwrite to train it again"
-                )
-        if checkpoints and checkpoints[-1][0] > config.steps:
-            raise CfgenError(
-                f"--steps {config.steps} is below step {checkpoints[-1][0]} that the run in {out} already reached; "
-                f"give --steps {checkpoints[-1][0]} or more"
-            )
-        return checkpoints[-1][1] if checkpoints else None
-    if out.exists() and not config.overwrite:
-        raise CfgenError(
-            f"output folder {out} already exists; pass --resume to continue it, --overwrite to replace it, "
-            "or choose another --out"
-        )
-    check_writable(out)
-    return None
-
-
-def _set_up_output(accelerator: Accelerator, out: Path, config: TrainingConfig) -> None:
-    """Create (or replace) the folder and store the configuration, on the main process."""
-    accelerator.wait_for_everyone()  # every process has checked the folder before it changes
-    if accelerator.is_main_process:
-        if config.overwrite:
-            shutil.rmtree(out, ignore_errors=True)
-        create_folder(out)
-        (out / CONFIG_FILE).unlink(missing_ok=True)  # incomplete until the new final model is written
-        write_json(out / TRAINING_CONFIG_FILE, config.record())
-    accelerator.wait_for_everyone()
-
-
-def _check_resumable(stored: dict[str, Any], current: dict[str, Any], out: Path) -> None:
-    changed = [name for name in current if name not in RESUMABLE_CHANGES and stored.get(name) != current[name]]
-    if changed:
-        name = changed[0]
-        raise CfgenError(
-            f"--resume with a different {name} ({stored.get(name)!r} -> {current[name]!r}) than the run in {out}; "
-            f"only {', '.join(sorted(RESUMABLE_CHANGES - {'out', 'resume', 'overwrite'}))} may change"
-        )
-
-
 def _judges(
     accelerator: Accelerator, out: Path, schema: Schema, images: np.ndarray, codes: np.ndarray, config: TrainingConfig
 ) -> tuple[AttributeJudges, dict]:
@@ -635,47 +397,6 @@ def _judges(
     return judges, record
 
 
-def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a training folder as (step, folder), oldest first."""
-    found = []
-    for path in (out / CHECKPOINTS_FOLDER).glob("checkpoint-*"):
-        step = path.name.removeprefix("checkpoint-")
-        if step.isdigit():
-            found.append((int(step), path))
-    return sorted(found)
-
-
-def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
-    """accelerate save_state into a hidden folder, renamed when every process has written its part."""
-    partial = out / CHECKPOINTS_FOLDER / f".checkpoint-{step}.partial"
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = partial.with_name(f"checkpoint-{step}")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        for _, old in list_checkpoints(out)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def save_final(generator: Generator, out: Path, config: dict[str, Any], seed: int) -> None:
-    """Write the generator beside the training files; cfgen_generator.json goes in last, atomically."""
-    staging = out / ".generator.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_generator(generator, staging)
-    for part in staging.iterdir():
-        if part.name != CONFIG_FILE:
-            shutil.rmtree(out / part.name, ignore_errors=True)
-            os.replace(part, out / part.name)
-    write_run_record(out, config, seed, generator.training.get("mixed_precision"))
-    os.replace(staging / CONFIG_FILE, out / CONFIG_FILE)
-    staging.rmdir()
-
-
 def _log(
     accelerator: Accelerator, window: dict[str, torch.Tensor], batches: int, lr: float, step: int
 ) -> dict[str, float]:
@@ -685,58 +406,3 @@ def _log(
     averaged = dict(zip(names, accelerator.reduce(values, reduction="mean").tolist(), strict=True))
     accelerator.log({**averaged, "lr": lr}, step=step)
     return averaged
-
-
-@contextmanager
-def _ema_weights(ema: EMAModel, model: nn.Module) -> Iterator[None]:
-    """Swap the EMA weights into ``model`` for the block, then put the training weights back."""
-    parameters = list(model.parameters())
-    ema.store(parameters)
-    ema.copy_to(parameters)
-    try:
-        yield
-    finally:
-        ema.restore(parameters)
-
-
-def preview_setup(
-    schema: Schema, conditions: torch.Tensor, seed: int
-) -> tuple[np.ndarray, list[tuple[str, torch.Tensor]]]:
-    """Fixed preview examples, and for each discrete attribute their conditions with that attribute set to
-    the value it was rarest with, given the label, in training: the hard case of a confounded model."""
-    codes = conditions.long().numpy()
-    rows = np.sort(np.random.default_rng(seed).choice(len(codes), min(PREVIEW_EXAMPLES, len(codes)), replace=False))
-    groups, num_groups = label_groups(schema, codes)
-    edits = []
-    for column in editable_columns(schema):
-        counts = pair_counts(groups, codes[:, column], num_groups, schema.variables[column].num_values).astype(float)
-        counts = counts[groups[rows]]
-        counts[np.arange(len(rows)), codes[rows, column]] = np.inf
-        edited = conditions[rows].clone()
-        edited[:, column] = torch.from_numpy(counts.argmin(1)).float()
-        edits.append((schema.names[column], edited))
-    return rows, edits
-
-
-@torch.no_grad()
-def preview_grid(
-    generator: Generator, images: torch.Tensor, conditions: torch.Tensor, edits: list[tuple[str, torch.Tensor]]
-) -> np.ndarray:
-    """Labelled rows: the originals (captioned with their label), their reconstruction (inverted and decoded
-    under their own conditions), then one row of counterfactuals per edit, each captioned with the value it
-    set, made as ``cfgen generate`` makes them with its default settings."""
-    schema = generator.schema
-    pipeline = CounterfactualPipeline.from_generator(generator)
-    path = pipeline.inversion_path(images, conditions, InferenceSettings())
-
-    def captions(name: str, rows: torch.Tensor) -> list[str]:
-        values = schema[name].values
-        return [f"{name}={values[int(code)]}" for code in rows[:, schema.names.index(name)]]
-
-    rows = [(images, captions(schema.label.name, conditions), "source"),
-            (pipeline.decode(path, conditions, InferenceSettings()), [""] * len(images), "reconstruction")]  # fmt: skip
-    for name, target in edits:
-        edited = pipeline.decode(path, target, InferenceSettings(guidance={name: DEFAULT_GUIDANCE}))
-        rows.append((edited, captions(name, target), f"edit {name}"))
-    cells = [list(zip(to_uint8(tiles), texts, strict=True)) for tiles, texts, _ in rows]
-    return labelled_grid(cells, [label for _, _, label in rows])

@@ -1,8 +1,6 @@
 """Training judges that do not share the shortcut they are meant to expose, and the one cache they
 are kept in: a folder named by (or holding) everything they were trained from."""
 
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,6 +11,8 @@ from tqdm.auto import tqdm
 
 from cfgen.data.cells import cell_index, effective_sample_size, group_balanced_weights, pair_counts
 from cfgen.data.images import to_model_range
+from cfgen.errors import CfgenError
+from cfgen.io import atomic_output_dir
 from cfgen.judges.model import CONFIG_FILE, AttributeJudges
 
 # Bump when the judges' training changes: cached judges are retrained, and the version is in their record.
@@ -155,13 +155,11 @@ def load_or_train(
         images, codes, names, num_values = training_data()
         judges, record = train_judges(images, codes, names, num_values, steps, batch_size, seed=seed, device=device,
                                       progress=progress)  # fmt: skip
-        partial = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        judges.save(partial, {**record, "key": {**key, "version": JUDGES_VERSION}})
-        folder.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(partial, folder)
-        except OSError:  # another process cached the same judges first
-            shutil.rmtree(partial, ignore_errors=True)
+            with atomic_output_dir(folder) as staging:
+                judges.save(staging, {**record, "key": {**key, "version": JUDGES_VERSION}})
+        except (OSError, CfgenError):
+            if not (folder / CONFIG_FILE).is_file():  # unless another process cached the same judges first
+                raise
     judges, saved = AttributeJudges.load(folder)
     return judges.to(device).requires_grad_(False), saved
