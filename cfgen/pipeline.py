@@ -1,4 +1,4 @@
-"""``cfgen pipeline``: every stage, one run folder, one report.
+"""Every stage in one run folder, and one report of them all (``cfgen pipeline``).
 
     RUN/data/                  the built-in default dataset (unless --data names yours)
     RUN/confounding/           the meter on the training split
@@ -34,7 +34,7 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.table import SPLIT_COLUMN
 from cfgen.datasets import DEFAULT, BuiltinDataset, builtin_of
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import INVERSIONS, LOCALIZE
+from cfgen.generator.inference import INVERSIONS, LOCALIZE, saved_localize
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.io import RUN_FILE, check_output_dir, output_dir_in_place, write_json, write_run_record
@@ -87,6 +87,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # When only some training images have a counterfactual (the quick preset edits 400 of 6,000), half of
 # every classifier batch is drawn from those that do; uniform batches would hold one or two pairs.
 PAIR_SHARE = 0.5
+# How the report names each --localize choice.
+LOCALIZED = {
+    "no": "plain edits",
+    "edit": "edits inside the edit's mask",
+    "others": "edits outside the kept variables' mask",
+}
 DEFAULT_METHODS = ("erm", "cf-reg")
 
 
@@ -154,16 +160,18 @@ def run_pipeline(
             data, intervention, run_dir / "counterfactuals", generator=generator, steps=settings["ddim_steps"],
             mixed_precision=mixed_precision, **common,
         )
-        quality = None
         if builtin is not None:
-            stage("quality", "scoring the counterfactuals against the exact ones")
+            stage("quality", "scoring the counterfactuals with judges and against the exact ones")
             exact = generate_counterfactuals(data, intervention, run_dir / "exact", generator=EXACT, **common)
-            quality = evaluate_counterfactuals(
-                counterfactuals, data, exact, label, attributes, judge_steps=settings["judge_steps"], seed=seed,
-                soundness_images=settings["soundness_images"],
-            )
-            write_json(run_dir / "counterfactual_quality.json", quality)
-            write_example_grid(counterfactuals, table, exact=exact, out=run_dir / "examples.png")
+        else:
+            stage("quality", "scoring the counterfactuals with judges trained on the data")
+            exact = None
+        quality = evaluate_counterfactuals(
+            counterfactuals, data, exact, label, attributes, judge_steps=settings["judge_steps"], seed=seed,
+            soundness_images=settings["soundness_images"], resize=resize,
+        )  # fmt: skip
+        write_json(run_dir / "counterfactual_quality.json", quality)
+        write_example_grid(counterfactuals, table, exact=exact, out=run_dir / "examples.png")
         stage("remeasure", "measuring original + counterfactuals against the original")
         after = measure_folders(
             [data, counterfactuals], run_dir / "confounding_after", label=label, attributes=attributes,
@@ -253,43 +261,46 @@ def _report(summary: dict, before: dict, intervention: str, preset: str, builtin
         "",
         "## 2. Counterfactuals",
         "",
-        f"![examples]({'examples.png' if summary['counterfactual_quality'] else 'counterfactuals/examples.png'})",
+        "![examples](examples.png)",
         "",
         *_inference_lines(summary["inference"]),
     ]
     quality = summary["counterfactual_quality"]
-    if quality is not None:
-        columns = _attribute_columns(quality["all"])
-        lines += [
-            "Effectiveness (the edit happened), preservation (the label and other attributes kept) and pixel error "
-            "against the exact counterfactuals (`counterfactual_quality.json`; rare/absent: target pairs rare or "
-            "never seen in training):",
-            "",
-            "| | effectiveness | preservation | success | MSE to exact | stroke IoU | stroke width error (px) "
-            "| realism (Frechet) |",
-            "|---|---|---|---|---|---|---|---|",
-            *(
-                f"| {name} | {_number(part['effectiveness']['all'])} | {_number(part['preservation']['all'])} "
-                f"| {_number(part['success'])} | {_number(part.get('mse_to_exact'), 4)} "
-                f"| {_number(part.get('stroke_iou'))} | {_number(part.get('stroke_width_error'), 2)} "
-                f"| {_number(part.get('realism_frechet'), 2)} |"
-                for name, part in _quality_rows(quality)
-            ),
-            "",
-            *_soundness_lines(quality),
-            "Per attribute (all edits): how often the edited attribute reached its target, and how often each "
-            "other variable kept its value:",
-            "",
-            "| " + " | ".join(columns) + " |",
-            "|" + "---|" * len(columns),
-            "| " + " | ".join(_attribute_cell(quality["all"], name) for name in columns) + " |",
-            "",
-            "The judges read the source images' "
-            + ", ".join(f"{name} at {value:.3f}" for name, value in quality["judge_accuracy_on_sources"].items())
-            + ": preservation cannot be read more precisely than that. Stroke IoU and width error compare "
-            "stroke masks with the exact counterfactuals', without any judge.",
-            "",
-        ]
+    exact = builtin is not None and quality["exact"] is not None
+    columns = _attribute_columns(quality["all"])
+    shape = builtin.shape_metrics.items() if builtin is not None else ()
+    errors = [("MSE to exact", "mse_to_exact", 4), *((name, key, 3) for key, name in shape)]
+    lines += [
+        "Effectiveness (the edit happened), preservation (the label and other attributes kept)"
+        + (" and pixel error against the exact counterfactuals" if exact else ", read by judges trained on the data")
+        + " (`counterfactual_quality.json`; rare/absent: target pairs rare or never seen in training):",
+        "",
+        "| | effectiveness | preservation | success | "
+        + "".join(f"{name} | " for name, _, _ in (errors if exact else []))
+        + "realism (Frechet) |",
+        "|---|---|---|---|" + "---|" * (len(errors) if exact else 0) + "---|",
+        *(
+            f"| {name} | {_number(part['effectiveness']['all'])} | {_number(part['preservation']['all'])} "
+            f"| {_number(part['success'])} | "
+            + "".join(f"{_number(part.get(key), digits)} | " for _, key, digits in (errors if exact else []))
+            + f"{_number(part.get('realism_frechet'), 2)} |"
+            for name, part in _quality_rows(quality)
+        ),
+        "",
+        *_soundness_lines(quality),
+        "Per attribute (all edits): how often the edited attribute reached its target, and how often each "
+        "other variable kept its value:",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        "| " + " | ".join(_attribute_cell(quality["all"], name) for name in columns) + " |",
+        "",
+        "The judges read the source images' "
+        + ", ".join(f"{name} at {value:.3f}" for name, value in quality["judge_accuracy_on_sources"].items())
+        + ": preservation cannot be read more precisely than that."
+        + (" The shape errors compare the edits with the exact counterfactuals without any judge." if exact else ""),
+        "",
+    ]
     lines += [
         "## 3. Classifiers",
         "",
@@ -324,7 +335,7 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
     if inference is None:
         return ["The data have no validation split: edits use the default inference settings.", ""]
     chosen = "; ".join(
-        f"{name}: {'localized' if s['localize'] else 'plain'} edits, {s.get('inversion', 'ddim').upper()} inversion "
+        f"{name}: {LOCALIZED[saved_localize(s['localize'])]}, {s.get('inversion', 'ddim').upper()} inversion "
         f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}, {s['steps']} steps"
         for name, s in inference.items()
     )

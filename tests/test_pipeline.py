@@ -14,7 +14,7 @@ from PIL import Image
 
 from cfgen.cli import main
 from cfgen.generator.config import PRESETS as GENERATOR_PRESETS
-from cfgen.pipeline import PRESETS
+from cfgen.pipeline import LOCALIZED, PRESETS
 from cfgen.runtime import resolve_mixed_precision
 
 pytestmark = pytest.mark.trains
@@ -97,6 +97,7 @@ def test_metrics_and_report(run_dir: Path) -> None:
     chosen = metrics["inference"]["fg_color"]  # the tiny preset's grid: depths 0.6 and 1.0, guidance 3
     assert chosen["inversion_depth"] in (0.6, 1.0) and chosen["guidance"] == 3.0 and chosen["steps"] == 4
     assert "Inference settings chosen on the validation split" in report
+    assert f"fg_color: {LOCALIZED[chosen['localize']]}, DDPM inversion" in report  # the tiny grid: DDPM, all masks
     accuracy = metrics["counterfactual_quality"]["judge_accuracy_on_sources"]
     assert {"digit", "thickness", "fg_color", "bg_color"} <= set(accuracy)
     judged = ", ".join(f"{name} at {value:.3f}" for name, value in accuracy.items())

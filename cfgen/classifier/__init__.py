@@ -1,4 +1,4 @@
-"""Classifiers: backbones, debiasing objectives, training, evaluation and prediction."""
+"""Classifiers: debiasing objectives, training, evaluation and prediction."""
 
 from cfgen.classifier.inference import Predictions, evaluate_classifier, predict
 from cfgen.classifier.training import load_classifier, train_classifiers

@@ -1,4 +1,4 @@
-"""``cfgen measure`` / ``measure_confounding.py``: read folders, measure, compare, write the report."""
+"""Measuring dataset folders (``cfgen measure``): read them, measure, compare, write the report."""
 
 from collections.abc import Sequence
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""``cfgen generate``: write a counterfactual dataset with a trained generator or the exact renderer.
+"""Writing a counterfactual dataset with a trained generator or a built-in dataset's exact renderer.
 
 One mechanism serves both sources. The intervention is planned once, the same on every process,
 so request ``i`` is an identity: it goes to process ``i % world`` and its image to ``image_name(i)``

@@ -1,5 +1,5 @@
-"""``cfgen tune-inference``: choose each attribute's inference settings on validation data and
-save them with the generator, as the defaults of ``cfgen generate`` and the pipeline.
+"""Choosing each attribute's inference settings on validation data (``cfgen tune-inference``), saved
+with the generator as the defaults of ``cfgen generate`` and the pipeline.
 
 Guidance and inversion depth trade the edit against what it must keep: more of either reaches the
 target more often and keeps the rest less often, and what suits a thin stroke does not suit a

@@ -1,4 +1,4 @@
-"""Datasets: the folder format, the schema of label and attributes, adapters and built-in sets."""
+"""Datasets: the folder format, the schema of label and attributes, and adapters of public layouts."""
 
 from cfgen.data.schema import Attribute, Schema, infer_attribute
 from cfgen.data.table import MetadataTable, read_imagefolder, write_card, write_metadata

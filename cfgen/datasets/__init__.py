@@ -21,6 +21,7 @@ class BuiltinDataset(Protocol):
     pixel_judged: tuple[str, ...]  # variables read off the pixels instead of by learned judges
     judge_input_name: str
     splits_note: str  # what its evaluation splits are, for reports
+    shape_metrics: dict[str, str]  # the keys ``shape_fidelity`` returns, and their names in reports
 
     def read_pixels(self, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         """Value names of ``names`` read off uint8 (N, H, W, C) images."""

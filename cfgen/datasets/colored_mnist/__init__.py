@@ -3,7 +3,7 @@ lets evaluation do (``ColoredMNIST``, a ``cfgen.datasets.BuiltinDataset``)."""
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -40,6 +40,10 @@ class ColoredMNIST:
     spurious = ("fg_color",)  # what the default dataset ties to the digit
     pixel_judged = ("fg_color", "bg_color")  # read off the pixels, not learned
     judge_input_name = "stroke map"
+    shape_metrics: ClassVar[dict[str, str]] = {
+        "stroke_iou": "stroke IoU",
+        "stroke_width_error": "stroke width error (px)",
+    }
     splits_note = "`test` draws every factor independently; `test_anti` never shows a digit in its training colour."
 
     def read_pixels(self, images: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
