@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import sys
 import cfgen._torchvision_compat as compat  # importing cfgen defers the patch to torchvision's import
@@ -23,22 +25,39 @@ print(tuple(image.shape), tuple(logits.shape), tuple(out.shape))
 """
 
 
-def test_torchvision_and_diffusers_work() -> None:
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+NOTHING_AFTER_TORCHVISION = (
+    "import cfgen\nimport torchvision\nimport cfgen._torchvision_compat as c\nprint(c.patch_torchvision())"
+)
+HELP = (
+    "import sys\nfrom cfgen.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    "print(sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules))"
+)
+
+
+@pytest.fixture(scope="module")
+def ran() -> dict[str, subprocess.CompletedProcess]:
+    """Each script in a fresh interpreter, all at once (each spends its time importing)."""
+    scripts = {"compat": SCRIPT, "after torchvision": NOTHING_AFTER_TORCHVISION, "help": HELP}
+    running = {name: subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for name, script in scripts.items()}  # fmt: skip
+    finished = {}
+    for name, process in running.items():
+        stdout, stderr = process.communicate(timeout=120)
+        finished[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return finished
+
+
+def test_torchvision_and_diffusers_work(ran) -> None:
+    result = ran["compat"]
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[-2] == "(3, 16, 16) (1, 3) (2, 1, 8, 8)"
 
 
-def test_nothing_is_done_once_torchvision_is_imported() -> None:
-    script = "import torchvision\nimport cfgen._torchvision_compat as c\nprint(c.patch_torchvision())"
-    result = subprocess.run([sys.executable, "-c", "import cfgen\n" + script], capture_output=True, text=True)
+def test_nothing_is_done_once_torchvision_is_imported(ran) -> None:
+    result = ran["after torchvision"]
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
 
 
-def test_cfgen_help_imports_neither_torch_nor_diffusers() -> None:
-    script = (
-        "import sys\nfrom cfgen.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules))"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+def test_cfgen_help_imports_neither_torch_nor_diffusers(ran) -> None:
+    result = ran["help"]
     assert result.returncode == 0 and result.stdout.strip().endswith("[]"), result.stdout[-500:] + result.stderr[-2000:]
