@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from common import load_results, machine, preset_recipe, trained_on
 from torch.utils.flop_counter import FlopCounterMode
 
+from cfgen.counterfactuals import evaluate_counterfactuals
 from cfgen.counterfactuals.generation import generate_counterfactuals, staging_dir
-from cfgen.counterfactuals.metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
 from cfgen.data.counterfactuals import made_from
 from cfgen.data.images import ImageFormat
 from cfgen.data.table import read_imagefolder
@@ -52,6 +52,7 @@ from cfgen.generator.inference import DEFAULT_INVERSION_DEPTH, DEFAULT_STEPS
 from cfgen.generator.model import Generator
 from cfgen.generator.training import train_generator
 from cfgen.io import write_json
+from cfgen.judges import DEFAULT_JUDGE_STEPS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRENGTHS = (0.9, 0.95, 0.99)

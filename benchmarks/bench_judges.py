@@ -21,11 +21,11 @@ import torch
 from common import load_results, machine
 
 from cfgen.counterfactuals.generation import generate_counterfactuals
-from cfgen.counterfactuals.metrics import DEFAULT_JUDGE_STEPS, load_or_train_judges
 from cfgen.data.images import load_images
 from cfgen.data.table import read_imagefolder
 from cfgen.datasets.colored_mnist.rendering import ColoredMNISTConfig, make_colored_mnist
 from cfgen.io import write_json
+from cfgen.judges import DEFAULT_JUDGE_STEPS, load_or_train_judges
 
 RESULT = Path(__file__).resolve().parent / "results" / "judges.json"
 

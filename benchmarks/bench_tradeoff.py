@@ -50,15 +50,15 @@ import torch
 from bench_generator import METHODS, prepare_data
 from common import load_results, machine
 
+from cfgen.counterfactuals import evaluate_counterfactuals
 from cfgen.counterfactuals.generation import generate_counterfactuals
-from cfgen.counterfactuals.metrics import DEFAULT_JUDGE_STEPS, evaluate_counterfactuals
 from cfgen.data.counterfactuals import made_from
 from cfgen.data.table import read_imagefolder
 from cfgen.generator.checkpoints import TRAINING_CONFIG_FILE
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.io import write_json
-from cfgen.judges import JUDGES_VERSION
+from cfgen.judges import DEFAULT_JUDGE_STEPS, JUDGES_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "generator-tradeoff.json"

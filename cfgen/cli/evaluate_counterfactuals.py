@@ -11,12 +11,7 @@ from cfgen.counterfactuals.metrics import (
     evaluate_counterfactuals,
 )
 from cfgen.io import atomic_output_dir, write_json, write_run_record
-from cfgen.judges import default_judge_cache
-from cfgen.judges.reading import (
-    DEFAULT_JUDGE_BATCH_SIZE,
-    DEFAULT_JUDGE_IMAGES,
-    DEFAULT_JUDGE_STEPS,
-)
+from cfgen.judges import DEFAULT_JUDGE_BATCH_SIZE, DEFAULT_JUDGE_IMAGES, DEFAULT_JUDGE_STEPS, default_judge_cache
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,15 +4,15 @@ import argparse
 from pathlib import Path
 
 from cfgen.cli.options import add_format_argument, add_renamed
-from cfgen.counterfactuals.metrics import (
+from cfgen.counterfactuals.tuning import DEFAULT_SOURCES, DEPTHS, GUIDANCE, tune_inference
+from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE
+from cfgen.generator.model import CONFIG_FILE
+from cfgen.judges import (
     DEFAULT_JUDGE_BATCH_SIZE,
     DEFAULT_JUDGE_IMAGES,
     DEFAULT_JUDGE_STEPS,
     default_judge_cache,
 )
-from cfgen.counterfactuals.tuning import DEFAULT_SOURCES, DEPTHS, GUIDANCE, tune_inference
-from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE
-from cfgen.generator.model import CONFIG_FILE
 from cfgen.runtime import MIXED_PRECISION_CHOICES
 
 

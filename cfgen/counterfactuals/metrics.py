@@ -34,13 +34,14 @@ from cfgen.data.schema import Schema
 from cfgen.data.table import MetadataTable, read_imagefolder
 from cfgen.datasets import BuiltinDataset, builtin_of
 from cfgen.errors import CfgenError
-from cfgen.judges import default_judge_cache, load_or_train_judges
-from cfgen.judges.reading import (
+from cfgen.judges import (
     DEFAULT_JUDGE_BATCH_SIZE,
     DEFAULT_JUDGE_IMAGES,
     DEFAULT_JUDGE_STEPS,
-    training_rows,
+    default_judge_cache,
+    load_or_train_judges,
 )
+from cfgen.judges.reading import training_rows
 
 METRICS_FILE = "metrics.json"
 PROVENANCE = ("cf_source_row", "cf_intervened", "cf_counterfactual")

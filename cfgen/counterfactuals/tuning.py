@@ -22,13 +22,6 @@ from typing import Any
 import numpy as np
 
 from cfgen.counterfactuals.generation import GeneratorSource, check_sources
-from cfgen.counterfactuals.metrics import (
-    DEFAULT_JUDGE_BATCH_SIZE,
-    DEFAULT_JUDGE_IMAGES,
-    DEFAULT_JUDGE_STEPS,
-    default_judge_cache,
-    load_or_train_judges,
-)
 from cfgen.data.adapters import open_dataset
 from cfgen.data.images import load_images
 from cfgen.data.table import SPLIT_COLUMN
@@ -37,6 +30,13 @@ from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, Infer
 from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import store_inference
 from cfgen.interventions import RANDOM, Intervention, plan_requests
+from cfgen.judges import (
+    DEFAULT_JUDGE_BATCH_SIZE,
+    DEFAULT_JUDGE_IMAGES,
+    DEFAULT_JUDGE_STEPS,
+    default_judge_cache,
+    load_or_train_judges,
+)
 from cfgen.runtime import resolve_mixed_precision
 
 DEPTHS = (0.4, 0.6, 0.8, 1.0)
