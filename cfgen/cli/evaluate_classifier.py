@@ -5,8 +5,7 @@ from pathlib import Path
 
 from cfgen.classifier.config import DEFAULT_MIN_GROUP_SIZE
 from cfgen.classifier.inference import evaluate_classifier
-from cfgen.cli.options import column_list
-from cfgen.data.adapters import FORMATS
+from cfgen.cli.options import add_format_argument, column_list
 from cfgen.io import write_json
 
 
@@ -18,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spurious", type=column_list, help="attributes that define groups (default: those the model was trained with)"
     )
-    parser.add_argument("--format", default="auto", choices=FORMATS, help="dataset layout (default: detect)")
+    add_format_argument(parser)
     parser.add_argument("--resize", type=int, help="resize images to NxN RGB (the classifier's size)")
     parser.add_argument(
         "--min-group-size",

@@ -11,8 +11,14 @@ from accelerate import PartialState
 from cfgen.classifier.config import CF_DISTANCES, CF_LAYERS, METHOD_NAMES, ClassifierConfig, parse_seeds
 from cfgen.classifier.evaluation import format_statistic
 from cfgen.classifier.training import train_classifiers
-from cfgen.cli.options import add_output_arguments, add_renamed, column_list, finish, kind_overrides
-from cfgen.data.adapters import FORMATS
+from cfgen.cli.options import (
+    add_format_argument,
+    add_output_arguments,
+    add_renamed,
+    column_list,
+    finish,
+    kind_overrides,
+)
 from cfgen.runtime import MIXED_PRECISION_CHOICES, REPORT_TO_CHOICES
 
 
@@ -32,9 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kinds", type=kind_overrides, default={}, help="override inferred kinds, e.g. age=categorical"
     )
-    parser.add_argument(
-        "--format", dest="data_format", default="auto", choices=FORMATS, help="dataset layout (default: detect)"
-    )
+    add_format_argument(parser)
     parser.add_argument("--resize", type=int, help="resize every image to NxN RGB")
     parser.add_argument("--backbone", default=defaults.backbone, help="small-cnn, resnet18 or resnet50")
     parser.add_argument("--backbone-weights", help="local ResNet weights (.pth or .safetensors); never downloaded")
@@ -99,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> ClassifierConfig:
         label=args.label,
         spurious=args.spurious,
         counterfactuals=tuple(args.counterfactuals),
-        data_format=args.data_format,
+        data_format=args.format,
         kinds=args.kinds,
         resize=args.resize,
         backbone=args.backbone,
