@@ -150,8 +150,10 @@ def entry(strength: float, method: str, result: dict[str, Any], train_seconds: f
             "all_kept": part["preservation"]["all"],
             "success": part["success"],
             "mse_to_exact": part.get("mse_to_exact"),
-            **{name: part.get(name) for name in ("realism_frechet", "composition_l1_1", "composition_l1_10",
-                                                 "reversibility_l1")},
+            **{
+                name: part.get(name)
+                for name in ("realism_frechet", "composition_l1_1", "composition_l1_10", "reversibility_l1")
+            },
         }
 
     rows = metrics["all"]["rows"]

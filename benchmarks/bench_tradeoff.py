@@ -144,8 +144,10 @@ def scores(metrics: dict[str, Any], attribute: str, group: str = "rare") -> dict
         "stroke_iou": part.get("stroke_iou"),
         "stroke_width_error": part.get("stroke_width_error"),
         "mse_to_exact": part.get("mse_to_exact"),
-        **{name: part.get(name) for name in ("realism_frechet", "composition_l1_1", "composition_l1_10",
-                                             "reversibility_l1")},
+        **{
+            name: part.get(name)
+            for name in ("realism_frechet", "composition_l1_1", "composition_l1_10", "reversibility_l1")
+        },
     }
 
 

@@ -53,32 +53,68 @@ from cfgen.runtime import resolve_mixed_precision
 # soundness_images: edits whose composition and reversibility are measured (each 11 times).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "deconfound": "reweight", "generator_steps": None, "sources": 16, "ddim_steps": 4, "judge_steps": 20,
-        "epochs": 1, "seeds": (0,), "sizes": {"train": 160, "validation": 40, "test": 60, "test_anti": 40},
+        "deconfound": "reweight",
+        "generator_steps": None,
+        "sources": 16,
+        "ddim_steps": 4,
+        "judge_steps": 20,
+        "epochs": 1,
+        "seeds": (0,),
+        "sizes": {"train": 160, "validation": 40, "test": 60, "test_anti": 40},
         "tune": {"sources": 8, "depths": (1.0,), "guidance": (3.0,), "localize": LOCALIZE, "inversions": ("ddpm",)},
         "soundness_images": 4,
     },
     "quick": {
-        "deconfound": "reweight", "generator_steps": 300, "sources": 400, "ddim_steps": 10, "judge_steps": 300,
-        "epochs": 3, "seeds": (0,), "sizes": None,
+        "deconfound": "reweight",
+        "generator_steps": 300,
+        "sources": 400,
+        "ddim_steps": 10,
+        "judge_steps": 300,
+        "epochs": 3,
+        "seeds": (0,),
+        "sizes": None,
         "tune": {
-            "sources": 64, "depths": (0.6,), "guidance": (2.0, 3.0, 5.0), "localize": LOCALIZE,
+            "sources": 64,
+            "depths": (0.6,),
+            "guidance": (2.0, 3.0, 5.0),
+            "localize": LOCALIZE,
             "inversions": ("ddpm",),
         },
         "soundness_images": 32,
     },
     "standard": {
-        "deconfound": "reweight", "generator_steps": None, "sources": 2000, "ddim_steps": 20, "judge_steps": 2000,
-        "epochs": 6, "seeds": (0,), "sizes": None,
-        "tune": {"sources": 100, "depths": (0.6, 1.0), "guidance": (2.0, 3.0, 5.0), "localize": LOCALIZE,
-                 "inversions": ("ddpm",)},
+        "deconfound": "reweight",
+        "generator_steps": None,
+        "sources": 2000,
+        "ddim_steps": 20,
+        "judge_steps": 2000,
+        "epochs": 6,
+        "seeds": (0,),
+        "sizes": None,
+        "tune": {
+            "sources": 100,
+            "depths": (0.6, 1.0),
+            "guidance": (2.0, 3.0, 5.0),
+            "localize": LOCALIZE,
+            "inversions": ("ddpm",),
+        },
         "soundness_images": 64,
     },
     "full": {
-        "deconfound": "reweight,consistency", "generator_steps": None, "sources": None, "ddim_steps": 50,
-        "judge_steps": 600, "epochs": 20, "seeds": (0, 1, 2), "sizes": None,
+        "deconfound": "reweight,consistency",
+        "generator_steps": None,
+        "sources": None,
+        "ddim_steps": 50,
+        "judge_steps": 600,
+        "epochs": 20,
+        "seeds": (0, 1, 2),
+        "sizes": None,
         "tune": {
-            "sources": 500, "depths": DEPTHS, "guidance": GUIDANCE, "localize": LOCALIZE, "inversions": INVERSIONS
+            "sources": 500,
+            "depths": DEPTHS,
+            "guidance": GUIDANCE,
+            "localize": LOCALIZE,
+            "inversions": INVERSIONS,
         },
         "soundness_images": 256,
     },
@@ -142,9 +178,16 @@ def run_pipeline(
         before = measure_folders([data], run_dir / "confounding", label=label, attributes=attributes, seed=seed)
         stage("generator", f"training the generator ({preset} preset, deconfound {settings['deconfound']})")
         generator = train_generator(
-            data, run_dir / "generator", label=label, attributes=attributes, preset=preset,
-            deconfound=settings["deconfound"], steps=settings["generator_steps"], seed=seed,
-            mixed_precision=mixed_precision, resize=resize,
+            data,
+            run_dir / "generator",
+            label=label,
+            attributes=attributes,
+            preset=preset,
+            deconfound=settings["deconfound"],
+            steps=settings["generator_steps"],
+            seed=seed,
+            mixed_precision=mixed_precision,
+            resize=resize,
         )
         inference = None
         if SPLIT_COLUMN in table.columns and "validation" in set(table.column(SPLIT_COLUMN)):
@@ -156,8 +199,13 @@ def run_pipeline(
         stage("generate", f"generating counterfactuals: {intervention} on training images")
         common = {"split": "train", "seed": seed, "limit": settings["sources"], "resize": resize}
         counterfactuals = generate_counterfactuals(
-            data, intervention, run_dir / "counterfactuals", generator=generator, steps=settings["ddim_steps"],
-            mixed_precision=mixed_precision, **common,
+            data,
+            intervention,
+            run_dir / "counterfactuals",
+            generator=generator,
+            steps=settings["ddim_steps"],
+            mixed_precision=mixed_precision,
+            **common,
         )
         if builtin is not None:
             stage("quality", "scoring the counterfactuals with judges and against the exact ones")
@@ -173,16 +221,28 @@ def run_pipeline(
         write_example_grid(counterfactuals, table, exact=exact, out=run_dir / "examples.png")
         stage("remeasure", "measuring original + counterfactuals against the original")
         after = measure_folders(
-            [data, counterfactuals], run_dir / "confounding_after", label=label, attributes=attributes,
-            reference=[data], seed=seed,
+            [data, counterfactuals],
+            run_dir / "confounding_after",
+            label=label,
+            attributes=attributes,
+            reference=[data],
+            seed=seed,
         )
         classifiers = {}
         for method in methods:
             stage(f"classifier {method}", f"training the {method} classifier")
             config = ClassifierConfig(
-                data=str(data), method=method, out=str(run_dir / "classifiers" / method), label=label,
-                spurious=tuple(spurious), counterfactuals=(str(counterfactuals),), epochs=settings["epochs"],
-                seeds=settings["seeds"], pair_share=PAIR_SHARE, mixed_precision=mixed_precision, resize=resize,
+                data=str(data),
+                method=method,
+                out=str(run_dir / "classifiers" / method),
+                label=label,
+                spurious=tuple(spurious),
+                counterfactuals=(str(counterfactuals),),
+                epochs=settings["epochs"],
+                seeds=settings["seeds"],
+                pair_share=PAIR_SHARE,
+                mixed_precision=mixed_precision,
+                resize=resize,
             )
             classifiers[method] = train_classifiers(config)
         timings["end"] = time.perf_counter()
@@ -197,7 +257,11 @@ def run_pipeline(
         write_json(run_dir / "metrics.json", summary)
         (run_dir / "report.md").write_text(_report(summary, before, intervention, preset, builtin))
         record = {
-            "preset": preset, "data": str(data), "spurious": spurious, **settings, "pair_share": PAIR_SHARE,
+            "preset": preset,
+            "data": str(data),
+            "spurious": spurious,
+            **settings,
+            "pair_share": PAIR_SHARE,
             "mixed_precision": mixed_precision,
         }
         write_run_record(run_dir, record, seed, resolve_mixed_precision(mixed_precision))

@@ -14,14 +14,29 @@ SMALL = ["--train-size", "300", "--validation-size", "0", "--test-size", "40", "
 
 def test_make_dataset_measure_and_compare(tmp_path: Path) -> None:
     data, other = tmp_path / "data", tmp_path / "other"
-    assert main(["make-dataset", "colored-mnist", "--out", str(data), "--tie", "digit:fg_color=0.95",
-                 "--tie", "fg_color:bg_color=0.8", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "make-dataset",
+                "colored-mnist",
+                "--out",
+                str(data),
+                "--tie",
+                "digit:fg_color=0.95",
+                "--tie",
+                "fg_color:bg_color=0.8",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert main(["make-dataset", "colored-mnist", "--out", str(other), "--strength", "0", *SMALL]) == 0
     card = json.loads((data / "cfgen_dataset.json").read_text())
     assert card["builtin"]["config"]["ties"] == [["digit", "fg_color", 0.95], ["fg_color", "bg_color", 0.8]]
 
-    assert main(["measure", str(other), "--out", str(tmp_path / "m"), "--reference", str(data),
-                 "--bootstrap", "50"]) == 0
+    assert (
+        main(["measure", str(other), "--out", str(tmp_path / "m"), "--reference", str(data), "--bootstrap", "50"]) == 0
+    )
     report = json.loads((tmp_path / "m" / "confounding.json").read_text())
     association, before = report["association"], report["reference"]["association"]
     assert association["fg_color"]["bg_color"] < 0.3 < before["fg_color"]["bg_color"]
@@ -35,7 +50,9 @@ def test_script_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = subprocess.run(
         [sys.executable, str(ROOT / "measure_confounding.py"), str(tmp_path / "empty"), "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

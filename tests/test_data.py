@@ -71,20 +71,39 @@ def measure_exit(folder: Path, tmp_path: Path, *extra: str) -> int:
     ("break_it", "message"),
     [
         (lambda f: (f / "metadata.csv").unlink(), "has no metadata.csv"),
-        (lambda f: rewrite_metadata(f, lambda rows: [{"path": r["file_name"], "y": r["y"]} for r in rows]),
-         "no 'file_name' column"),
+        (
+            lambda f: rewrite_metadata(f, lambda rows: [{"path": r["file_name"], "y": r["y"]} for r in rows]),
+            "no 'file_name' column",
+        ),
         (lambda f: rewrite_metadata(f, lambda rows: []), "empty"),
         (lambda f: (f / "images" / "3.png").unlink(), "missing"),
         (lambda f: (f / "images" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really"), "cannot be read"),
-        (lambda f: rewrite_metadata(f, lambda rows: [{**r, "color": "" if i == 4 else r["color"]}
-                                                     for i, r in enumerate(rows)]), "missing values"),
-        (lambda f: rewrite_metadata(f, lambda rows: [{**r, "shape": "NaN" if i == 7 else r["shape"]}
-                                                     for i, r in enumerate(rows)]), "missing values"),
+        (
+            lambda f: rewrite_metadata(
+                f, lambda rows: [{**r, "color": "" if i == 4 else r["color"]} for i, r in enumerate(rows)]
+            ),
+            "missing values",
+        ),
+        (
+            lambda f: rewrite_metadata(
+                f, lambda rows: [{**r, "shape": "NaN" if i == 7 else r["shape"]} for i, r in enumerate(rows)]
+            ),
+            "missing values",
+        ),
         (lambda f: rewrite_metadata(f, lambda rows: [{**r, "color": "red"} for r in rows]), "single value"),
         (lambda f: latin_1_metadata(f), "is not UTF-8 text: data row 1 holds byte 0xe9"),
     ],
-    ids=["no-metadata", "no-file-name", "empty", "missing-image", "corrupt-image", "empty-value", "nan-value",
-         "single-value", "latin-1"],
+    ids=[
+        "no-metadata",
+        "no-file-name",
+        "empty",
+        "missing-image",
+        "corrupt-image",
+        "empty-value",
+        "nan-value",
+        "single-value",
+        "latin-1",
+    ],
 )
 def test_bad_folders_fail_with_one_line_and_write_nothing(small_folder, tmp_path, capsys, break_it, message) -> None:
     break_it(small_folder)
@@ -179,8 +198,9 @@ def test_waterbirds_layout(tmp_path: Path) -> None:
     for i, (y, place, split) in enumerate([(1, 1, 0), (1, 0, 0), (0, 0, 1), (0, 1, 2), (1, 1, 2)]):
         name = f"001.Black_footed_Albatross/img_{i}.jpg"
         Image.new("RGB", (9, 9)).save(root / name)
-        rows.append({"img_id": i, "img_filename": name, "y": y, "split": split, "place": place,
-                     "place_filename": "/x/y.jpg"})
+        rows.append(
+            {"img_id": i, "img_filename": name, "y": y, "split": split, "place": place, "place_filename": "/x/y.jpg"}
+        )
     with (root / "metadata.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -91,7 +91,10 @@ def test_metrics_and_report(run_dir: Path) -> None:
     assert ".partial" not in report
     used = resolve_mixed_precision("auto")
     assert metrics["mixed_precision"] == {
-        "generator": used, "generation": used, "classifier erm": used, "classifier cf-reg": used
+        "generator": used,
+        "generation": used,
+        "classifier erm": used,
+        "classifier cf-reg": used,
     }
     assert f"Mixed precision used: generator {used}, generation {used}" in report
     chosen = metrics["inference"]["fg_color"]  # the tiny preset's grid: depths 0.6 and 1.0, guidance 3

@@ -249,9 +249,7 @@ def generate_counterfactuals(
         model = Generator.load(folder)
         check_sources(model, table if rows is None else table.select(np.array(rows)), str(folder), resize)
         intervention = parse_intervention(intervene, model.schema)
-        inference = settings_for(
-            model, intervention.attributes, steps, inversion_depth, guidance, localize, inversion
-        )
+        inference = settings_for(model, intervention.attributes, steps, inversion_depth, guidance, localize, inversion)
         source = GeneratorSource(model, folder, inference, resolve_mixed_precision(mixed_precision))
     requests = plan_requests(table, source.schema, intervention, seed=seed, rows=rows)
 

@@ -38,7 +38,9 @@ def read_celeba(root: str | Path) -> MetadataTable:
     root = Path(root)
     base = root / "celeba" if (root / "celeba" / "list_attr_celeba.txt").is_file() else root
     attr_path, split_path, images = (
-        base / "list_attr_celeba.txt", base / "list_eval_partition.txt", base / "img_align_celeba"
+        base / "list_attr_celeba.txt",
+        base / "list_eval_partition.txt",
+        base / "img_align_celeba",
     )
     for path in (attr_path, split_path, images):
         if not path.exists():

@@ -118,9 +118,7 @@ class MetadataTable:
 
     def attribute_candidates(self) -> list[str]:
         """Columns that can be a label or an attribute (not paths, splits or provenance)."""
-        return [
-            c for c in self.columns if c not in (FILE_COLUMN, SPLIT_COLUMN) and not c.startswith(PROVENANCE_PREFIX)
-        ]
+        return [c for c in self.columns if c not in (FILE_COLUMN, SPLIT_COLUMN) and not c.startswith(PROVENANCE_PREFIX)]
 
     @classmethod
     def concat(cls, tables: Sequence["MetadataTable"]) -> "MetadataTable":

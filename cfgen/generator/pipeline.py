@@ -175,9 +175,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         return self.scheduler.timesteps[-settings.steps :]
 
     @torch.inference_mode()
-    def inversion_path(
-        self, images: torch.Tensor, factual: torch.Tensor, settings: InferenceSettings
-    ) -> InversionPath:
+    def inversion_path(self, images: torch.Tensor, factual: torch.Tensor, settings: InferenceSettings) -> InversionPath:
         """Abduction, keeping the way: every latent from the images up to the noise (and the corrections)."""
         if settings.inversion == "ddpm":
             return self.edit_friendly_inversion(images, factual, settings)

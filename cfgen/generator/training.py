@@ -60,7 +60,6 @@ from cfgen.runtime import (
 MAX_GRAD_NORM = 1.0
 
 
-
 def train_generator(data: str | Path, out: str | Path, **options: Any) -> Path:
     """Python entry point: ``train_generator("data/cmnist", "runs/gen", preset="tiny", deconfound="reweight")``."""
     return train(TrainingConfig(data=str(data), out=str(out), **options))
