@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from common import machine
 
-from cfgen.data.images import load_images, to_model_range
+from cfgen.data.images import load_images
 from cfgen.data.table import read_imagefolder
+from cfgen.data.tensors import to_model_range
 from cfgen.datasets.colored_mnist.rendering import render_counterfactual
 from cfgen.generator.inference import InferenceSettings, otsu_threshold
 from cfgen.generator.model import Generator

@@ -95,11 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def prepare_data(work: Path, strength: float, args: argparse.Namespace) -> tuple[Path, Path]:
-    """The dataset of one strength and the exact counterfactuals of the plan, rebuilt when settings change."""
+def prepare_data(
+    work: Path, strength: float, args: argparse.Namespace, tie: tuple[str, str] = ("digit", "fg_color")
+) -> tuple[Path, Path]:
+    """The dataset of one ``parent -> child`` tie and strength and the exact counterfactuals of the plan,
+    rebuilt when settings change."""
     sizes = {"train": args.train_size, "validation": 0, "test": args.test_size, "test_anti": 0}
-    config = ColoredMNISTConfig(strength=strength, sizes=sizes, seed=0)
-    data, exact = work / f"data-{strength}", work / f"exact-{strength}"
+    config = ColoredMNISTConfig(strength=strength, ties=((*tie, strength),), sizes=sizes, seed=0)
+    name = str(strength) if tie == ("digit", "fg_color") else f"{'-'.join(tie)}-{strength}"
+    data, exact = work / f"data-{name}", work / f"exact-{name}"
     if not data.exists() or read_imagefolder(data).card.get("builtin", {}).get("config") != config.to_dict():
         make_colored_mnist(config, data, overwrite=True)
     card = read_imagefolder(exact).card if exact.exists() else {}

@@ -8,7 +8,7 @@ edit-friendly DDPM inversion), so that a change
 shows whether it moves the whole curve or only slides along it.
 
 For each method and number of training steps a quick-preset generator is trained on the generator
-benchmark's data (digit -> fg_color at ``--strength``, 6,000 training images); it then edits the
+benchmark's data (digit -> fg_color at ``--strength``, or the ``--tie`` given, 6,000 training images); it then edits the
 unconfounded test images ``ATTRIBUTE=random`` at every (inversion, localize, depth, guidance) of the grid,
 and ``evaluate_counterfactuals`` scores the edits against the exact counterfactuals. Figures are
 for the rare targets (pairs at most a fifth as frequent in training as independence would make
@@ -22,8 +22,8 @@ them; for an attribute untied to the digit, where few edits are rare, every edit
     MSE                  pixel error to the exact counterfactual
     realism, composition, reversibility   the field's soundness figures (evaluate-counterfactuals)
 
-    python benchmarks/bench_tradeoff.py [--attributes fg_color,bg_color] [--methods reweight]
-        [--recipes quick,low-noise-x3]
+    python benchmarks/bench_tradeoff.py [--tie digit:thickness=0.99] [--attributes fg_color,bg_color]
+        [--methods reweight] [--recipes quick,low-noise-x3]
         [--train-steps 400,1000] [--localize no,edit,others] [--inversions ddim,ddpm]
         [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5]
         [--test-size 200] [--threads 2]
@@ -77,6 +77,7 @@ def numbers(text: str, kind: type = float) -> list:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strength", type=float, default=0.99)
+    parser.add_argument("--tie", default="digit:fg_color", help="the confounding, PARENT:CHILD[=STRENGTH]")
     parser.add_argument("--attributes", default="fg_color", help="edited attributes: fg_color, bg_color, thickness")
     parser.add_argument("--methods", default="reweight", help=f"comma-separated: {', '.join(METHODS)}")
     parser.add_argument("--localize", default="no", help="comma-separated masks: no, edit, others")
@@ -98,6 +99,11 @@ def parse_args() -> argparse.Namespace:
     args.inversions = [i for i in args.inversions.split(",") if i]
     args.attributes = [a for a in args.attributes.split(",") if a]
     args.localize = [choice for choice in args.localize.split(",") if choice]
+    tie, _, strength = args.tie.partition("=")
+    parent, _, child = tie.partition(":")
+    if not (parent and child):
+        parser.error(f"--tie is PARENT:CHILD[=STRENGTH], such as digit:thickness=0.99, not {args.tie!r}")
+    args.tie, args.strength = (parent, child), float(strength or args.strength)
     args.train_steps, args.depths, args.guidance = (
         numbers(args.train_steps, int), numbers(args.depths), numbers(args.guidance)
     )  # fmt: skip
@@ -153,12 +159,12 @@ def scores(metrics: dict[str, Any], attribute: str, group: str = "rare") -> dict
 
 def plot(results: dict[str, Any]) -> None:
     entries = list(results["entries"].values())
-    panels = sorted({(e["attribute"], e["method"]) for e in entries})
+    panels = sorted({(e.get("tie", "digit:fg_color"), e["attribute"], e["method"]) for e in entries})
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
-    for axis, (attribute, method) in zip(axes[0], panels, strict=True):
+    for axis, (tie, attribute, method) in zip(axes[0], panels, strict=True):
         curves: dict[tuple[int, bool, float, str, str], list[dict]] = {}
         for e in entries:
-            if (e["attribute"], e["method"]) == (attribute, method):
+            if (e.get("tie", "digit:fg_color"), e["attribute"], e["method"]) == (tie, attribute, method):
                 procedure = (e["localize"], e["depth"], e.get("recipe", "quick"), e.get("inversion", "ddim"))
                 key = (e["train_steps"], *procedure)
                 curves.setdefault(key, []).append(e)
@@ -180,7 +186,7 @@ def plot(results: dict[str, Any]) -> None:
                 axis.annotate(f"{p['guidance']:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
         group = points[0].get("headline", "rare")
         axis.set(xlabel=f"digit agrees with the source ({group} edits)", ylabel=f"effectiveness: {attribute} reached",
-                 title=f"{attribute} edits, {method}, association {entries[0]['strength']}; labels: guidance",
+                 title=f"{attribute} edits, {method}, {tie} at {entries[0]['strength']}; labels: guidance",
                  xlim=(0.3, 1.0), ylim=(0.0, 1.0))  # fmt: skip
         axis.plot([0.95], [0.95], "r*", markersize=12, label="target (standard)")
         axis.grid(alpha=0.3)
@@ -206,7 +212,8 @@ def main() -> None:
     results["commands"] = [*results.get("commands", []), " ".join(["python", *sys.argv])]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data, _ = prepare_data(work, args.strength, argparse.Namespace(**vars(args)))
+    data, _ = prepare_data(work, args.strength, argparse.Namespace(**vars(args)), args.tie)
+    tie = "digit:fg_color" if args.tie == ("digit", "fg_color") else ":".join(args.tie)
     for method, steps, recipe in product(args.methods, args.train_steps, args.recipes):
         generator, train_seconds = trained(work, data, method, steps, recipe)
         for attribute in args.attributes:
@@ -229,7 +236,8 @@ def main() -> None:
                 # the rare targets where the edited attribute is tied to the digit, else every edit
                 headline = "rare" if metrics["rare"]["rows"] >= metrics["all"]["rows"] / 2 else "all"
                 item = {
-                    "headline": headline, "strength": args.strength, "attribute": attribute, "method": method,
+                    "headline": headline, "tie": tie, "strength": args.strength, "attribute": attribute,
+                    "method": method,
                     "train_steps": steps, "recipe": recipe,
                     "train_seconds": train_seconds, "inversion": inversion, "localize": local, "depth": depth,
                     "guidance": guidance,
@@ -239,12 +247,14 @@ def main() -> None:
                 }  # fmt: skip
                 recipe_key = "" if recipe == "quick" else f"|{recipe}"
                 inversion_key = "" if inversion == "ddim" else f"|{inversion}"
-                key = f"{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}{inversion_key}"
+                tie_key = "" if tie == "digit:fg_color" else f"{tie}|"
+                key = f"{tie_key}{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}{inversion_key}"
                 results["entries"][key] = item
                 write_json(RESULTS, results)
                 rare = item[headline]
                 print(
-                    f"{attribute}, {method} {recipe} {steps} steps, {inversion}, localize {local}, depth {depth}, "
+                    f"{tie} tied, {attribute}, {method} {recipe} {steps} steps, {inversion}, localize {local}, "
+                    f"depth {depth}, "
                     f"guidance {guidance} "
                     f"({headline} edits): "
                     f"effectiveness {rare['effectiveness']:.3f}, digit agrees {rare['digit_agrees']:.3f}, "

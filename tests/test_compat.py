@@ -33,11 +33,13 @@ HELP = (
     "print(sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules))"
 )
 
+METER = "import sys\nimport cfgen.cli.measure\nprint(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))"
+
 
 @pytest.fixture(scope="module")
 def ran() -> dict[str, subprocess.CompletedProcess]:
     """Each script in a fresh interpreter, all at once (each spends its time importing)."""
-    scripts = {"compat": SCRIPT, "after torchvision": NOTHING_AFTER_TORCHVISION, "help": HELP}
+    scripts = {"compat": SCRIPT, "after torchvision": NOTHING_AFTER_TORCHVISION, "help": HELP, "meter": METER}
     running = {name: subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True) for name, script in scripts.items()}  # fmt: skip
     finished = {}
@@ -61,3 +63,9 @@ def test_nothing_is_done_once_torchvision_is_imported(ran) -> None:
 def test_cfgen_help_imports_neither_torch_nor_diffusers(ran) -> None:
     result = ran["help"]
     assert result.returncode == 0 and result.stdout.strip().endswith("[]"), result.stdout[-500:] + result.stderr[-2000:]
+
+
+def test_the_meter_imports_no_torch(ran) -> None:
+    """``cfgen measure`` reads pixels only; a torch import would double its start-up."""
+    result = ran["meter"]
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout[-500:] + result.stderr[-2000:]

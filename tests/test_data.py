@@ -37,6 +37,8 @@ def test_read_folder_and_infer_kinds(small_folder: Path) -> None:
     assert kinds == {"y": "categorical", "color": "binary", "shape": "categorical", "size": "continuous"}
     assert schema["color"].values == ("green", "red")
     assert len(table.split("train")) == 30
+    assert table.training_split == "train"
+    assert table.split("test").training_split == "all"  # no train split: every row
     overridden = table.schema("y", ["shape"], kinds={"y": "continuous"})
     assert overridden.label.kind == "continuous"
 

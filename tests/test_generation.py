@@ -27,8 +27,9 @@ from cfgen.cli import main
 from cfgen.counterfactuals.generation import staging_dir
 from cfgen.counterfactuals.metrics import evaluate_counterfactuals
 from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
-from cfgen.data.images import load_images, to_model_range
+from cfgen.data.images import load_images
 from cfgen.data.table import read_imagefolder
+from cfgen.data.tensors import to_model_range
 from cfgen.datasets.colored_mnist.readers import stroke_fidelity
 from cfgen.datasets.colored_mnist.rendering import (
     ColoredMNISTConfig,

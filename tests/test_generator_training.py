@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from cfgen.cli.train_generator import add_arguments, config_from_args
 from cfgen.data.adapters import open_dataset
 from cfgen.data.cells import discrete_columns, effective_sample_size, group_balanced_weights
-from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range
+from cfgen.data.images import ImageFormat, check_images, load_images
+from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
 from cfgen.generator.checkpoints import list_checkpoints
 from cfgen.generator.config import PRESETS, TrainingConfig

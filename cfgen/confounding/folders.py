@@ -36,7 +36,7 @@ def measure_folders(
 
     def rows(folders: Sequence[str | Path]) -> MetadataTable:
         table = open_datasets(list(folders), data_format)
-        return table.split(split if split is not None else ("train" if "train" in table.splits else None))
+        return table.split(split if split is not None else table.training_split)
 
     table = rows(data)
     schema = table.schema(label, attributes, kinds)

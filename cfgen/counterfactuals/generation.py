@@ -31,9 +31,10 @@ from tqdm.auto import tqdm
 
 from cfgen.data.adapters import open_dataset
 from cfgen.data.counterfactuals import dataset_digest, image_name, write_counterfactual_folder
-from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range, to_uint8
+from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Schema, present_values
 from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
+from cfgen.data.tensors import to_model_range, to_uint8
 from cfgen.datasets import BUILTIN, builtin_of
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import (

@@ -41,16 +41,11 @@ from cfgen.judges import (
     default_judge_cache,
     load_or_train_judges,
 )
-from cfgen.judges.reading import training_rows
 
 METRICS_FILE = "metrics.json"
 PROVENANCE = ("cf_source_row", "cf_intervened", "cf_counterfactual")
 DEFAULT_RARE_RATIO = 0.2
 DEFAULT_SOUNDNESS_IMAGES = 32  # edited 11 times each: composition's 10 and reversibility's 1
-
-
-def _training_rows(table: MetadataTable) -> MetadataTable:
-    return table.split("train" if "train" in table.splits else None)
 
 
 def rarity(source: MetadataTable, schema: Schema, cf: MetadataTable, rare_ratio: float) -> dict[str, np.ndarray]:
@@ -60,7 +55,7 @@ def rarity(source: MetadataTable, schema: Schema, cf: MetadataTable, rare_ratio:
     target, (new label, each attribute's value). Rare: seen fewer than ``rare_ratio`` times as often
     as independence of label and attribute would give.
     """
-    train = training_rows(source)
+    train = source.split(source.training_split)
     label = schema.label
     rare = np.zeros(len(cf), dtype=bool)
     absent = np.zeros(len(cf), dtype=bool)

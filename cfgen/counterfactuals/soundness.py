@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from cfgen.data.images import to_model_range, to_uint8
+from cfgen.data.tensors import to_model_range, to_uint8
 from cfgen.generator.inference import InferenceSettings
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.pipeline import CounterfactualPipeline

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from cfgen.data.schema import infer_attribute
-from cfgen.data.table import FILE_COLUMN, METADATA_FILE, SPLIT_COLUMN, split_name, write_metadata
+from cfgen.data.table import FILE_COLUMN, METADATA_FILE, SPLIT_COLUMN, TRAIN_SPLIT, split_name, write_metadata
 from cfgen.errors import CfgenError
 
 HUB_METADATA = "metadata.jsonl"
 HUB_CARD = "README.md"
 IMAGES = "images"
-WHOLE = "train"  # the one split of a folder without a split column
 
 
 def write_dataset(folder: Path, columns: dict[str, Sequence], string_columns: Sequence[str] = ()) -> None:
@@ -35,7 +34,7 @@ def write_dataset(folder: Path, columns: dict[str, Sequence], string_columns: Se
     to ``folder``): each image moved into its split's folder, ``metadata.csv``, each split's
     ``metadata.jsonl`` and the card. ``string_columns`` are typed as text, not as classes or numbers."""
     columns = {name: [str(value) for value in values] for name, values in columns.items()}
-    splits = columns.get(SPLIT_COLUMN, [WHOLE] * len(columns[FILE_COLUMN]))
+    splits = columns.get(SPLIT_COLUMN, [TRAIN_SPLIT] * len(columns[FILE_COLUMN]))
     moved = []
     for file_name, split in zip(columns[FILE_COLUMN], splits, strict=True):
         target = f"{IMAGES}/{split_name(split)}/{Path(file_name).name}"

@@ -26,12 +26,13 @@ CARD_FILE = "cfgen_dataset.json"
 FILE_COLUMN = "file_name"
 SPLIT_COLUMN = "split"
 PROVENANCE_PREFIX = "cf_"  # columns cfgen adds to counterfactual datasets
+TRAIN_SPLIT = "train"
 
 
 def split_name(raw: str) -> str:
     """A split name as Hugging Face ``datasets`` accepts it (``\\w+``): ``test-anti``, the built-in
     datasets' name before, reads as ``test_anti``."""
-    return re.sub(r"\W+", "_", raw).strip("_") or "train"
+    return re.sub(r"\W+", "_", raw).strip("_") or TRAIN_SPLIT
 
 
 @dataclass
@@ -51,6 +52,12 @@ class MetadataTable:
         if SPLIT_COLUMN not in self.columns:
             return ()
         return tuple(sorted(set(self.columns[SPLIT_COLUMN])))
+
+    @property
+    def training_split(self) -> str:
+        """The rows a stage learns from when no split is named: the train split, or every row of a folder
+        without one (``split`` reads "all" as every row)."""
+        return TRAIN_SPLIT if TRAIN_SPLIT in self.splits else "all"
 
     def select(self, mask: np.ndarray) -> "MetadataTable":
         return MetadataTable(

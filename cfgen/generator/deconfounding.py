@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from cfgen.data.cells import cell_index, editable_columns, label_groups, pair_counts
-from cfgen.data.images import to_model_range
 from cfgen.data.schema import Schema
+from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
 from cfgen.judges import AttributeJudges
 

@@ -10,8 +10,8 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 
 from cfgen.data.cells import editable_columns, label_groups, pair_counts
-from cfgen.data.images import to_uint8
 from cfgen.data.schema import Schema
+from cfgen.data.tensors import to_uint8
 from cfgen.generator.inference import DEFAULT_GUIDANCE, InferenceSettings
 from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import CounterfactualPipeline

@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 
 from cfgen.data.adapters import open_dataset
 from cfgen.data.cells import discrete_columns, effective_sample_size
-from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range
+from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Schema, check_informative
 from cfgen.data.table import MetadataTable
+from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
 from cfgen.generator.checkpoints import resume_point, save_checkpoint, save_final, set_up_output
 from cfgen.generator.config import TrainingConfig
@@ -363,7 +364,7 @@ class TrainingData:
 def load_training_data(config: TrainingConfig, progress: bool = False) -> TrainingData:
     full = open_dataset(config.data, config.data_format)
     schema = full.schema(config.label, config.attributes, config.kinds)
-    split = config.split or ("train" if "train" in full.splits else "all")
+    split = config.split or full.training_split
     table = full.split(split)
     check_informative(schema, schema.encode(table.columns), f"the {split} rows of {config.data}")
     image_format = check_images(table, config.resize)

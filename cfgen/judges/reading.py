@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from cfgen.data.counterfactuals import dataset_digest
-from cfgen.data.images import ImageFormat, check_images, load_images, to_model_range
+from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Schema
 from cfgen.data.table import MetadataTable
+from cfgen.data.tensors import to_model_range
 from cfgen.datasets import BuiltinDataset, builtin_of
 from cfgen.judges.model import AttributeJudges
 from cfgen.judges.training import JUDGES_VERSION, load_or_train
@@ -78,10 +79,6 @@ class Judges:
         return np.array([position.get(value, -1) for value in value_names], dtype=np.int64)
 
 
-def training_rows(table: MetadataTable) -> MetadataTable:
-    return table.split("train" if "train" in table.splits else None)
-
-
 def load_or_train_judges(
     table: MetadataTable,
     schema: Schema,
@@ -104,7 +101,7 @@ def load_or_train_judges(
         image_format = ImageFormat((size, size), "RGB")
         identity = builtin.judge_data_identity(table)
     else:
-        image_format = check_images(training_rows(table), resize)
+        image_format = check_images(table.split(table.training_split), resize)
         identity = dataset_digest(table)
     key = {
         "version": JUDGES_VERSION,
@@ -126,7 +123,7 @@ def load_or_train_judges(
         if builtin is not None:
             pixels, codes = builtin.judge_data(table, learned, images, seed)
         else:
-            rows = training_rows(table)
+            rows = table.split(table.training_split)
             pixels = load_images(rows.image_paths, image_format, progress)
             codes = np.stack([v.encode(rows.column(v.name)) for v in learned], axis=1)
         return pixels, codes, [v.name for v in learned], [v.num_values for v in learned]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cfgen.data.cells import cell_index, effective_sample_size, group_balanced_weights, pair_counts
-from cfgen.data.images import to_model_range
+from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
 from cfgen.io import atomic_output_dir
 from cfgen.judges.model import CONFIG_FILE, AttributeJudges
