@@ -12,6 +12,9 @@ of its edits:
     exact, of the accepted       ... of the accepted sources only: same pairs as "generated, accepted",
                                  perfect pixels
     exact, of the rejected       ... of the others
+    generated, twice the sources  the run's generator and inference settings, twice the edits
+    generated, twice the steps    ... the same edits at twice the DDIM steps (both levers cost
+                                  twice the generation time)
 
 It also trains judges the way a method could, on the run's confounded training images only, and
 reports the share of the exact counterfactuals they accept: whether such judges could filter.
@@ -37,6 +40,7 @@ from common import machine
 
 from cfgen.classifier.config import ClassifierConfig
 from cfgen.classifier.training import train_classifiers
+from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.images import check_images, load_images
 from cfgen.data.schema import Schema
 from cfgen.data.table import METADATA_FILE, MetadataTable, read_imagefolder
@@ -127,6 +131,28 @@ def main() -> None:
         )
         rows[name] = {"pairs": int(keep.sum()), "cf_reg_test_accuracy": accuracy}
         print(f"{name}: {int(keep.sum())} pairs, cf-reg unconfounded test accuracy {accuracy:.3f}", flush=True)
+    generation = json.loads((run / "counterfactuals" / "run.json").read_text())["config"]
+    levers = {
+        "generated, twice the sources": (2 * generation["limit"], generation["steps"]),
+        "generated, twice the steps": (generation["limit"], 2 * generation["steps"]),
+    }
+    for name, (limit, steps) in levers.items():
+        folder = work / f"generated-{limit}-{steps}"
+        shutil.rmtree(folder, ignore_errors=True)
+        generating = time.perf_counter()
+        generate_counterfactuals(
+            run / "data", generation["intervention"], folder, generator=run / "generator", split="train",
+            limit=limit, seed=generation["seed"], steps=steps, progress=False,
+        )  # fmt: skip
+        seconds = round(time.perf_counter() - generating, 1)
+        accuracy = cf_reg_accuracy(run, settings, label, folder, work / f"clf-generated-{limit}-{steps}")
+        rows[name] = {
+            "pairs": limit,
+            "ddim_steps": steps,
+            "generation_seconds": seconds,
+            "cf_reg_test_accuracy": accuracy,
+        }
+        print(f"{name}: {limit} pairs, {steps} steps ({seconds} s), cf-reg accuracy {accuracy:.3f}", flush=True)
     difference = (
         load_images(generated.image_paths, image_format) / 255 - load_images(exact.image_paths, image_format) / 255
     )
