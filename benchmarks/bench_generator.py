@@ -63,6 +63,7 @@ METHODS = {
     "reweight+consistency": "reweight,consistency",
 }
 INTERVENTION = "fg_color=random"
+COLOUR_TIE = ("digit", "fg_color")  # the default data's confounding
 TARGETS = {"effectiveness": 0.98, "digit_kept": 0.95, "mse_ratio_to_none": 0.5}
 # dense bf16 tensor-core peaks (FLOP/s) for model FLOPs utilisation
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
@@ -96,13 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_data(
-    work: Path, strength: float, args: argparse.Namespace, tie: tuple[str, str] = ("digit", "fg_color")
+    work: Path, strength: float, args: argparse.Namespace, tie: tuple[str, str] = COLOUR_TIE
 ) -> tuple[Path, Path]:
     """The dataset of one ``parent -> child`` tie and strength and the exact counterfactuals of the plan,
     rebuilt when settings change."""
     sizes = {"train": args.train_size, "validation": 0, "test": args.test_size, "test_anti": 0}
     config = ColoredMNISTConfig(strength=strength, ties=((*tie, strength),), sizes=sizes, seed=0)
-    name = str(strength) if tie == ("digit", "fg_color") else f"{'-'.join(tie)}-{strength}"
+    name = str(strength) if tie == COLOUR_TIE else f"{'-'.join(tie)}-{strength}"
     data, exact = work / f"data-{name}", work / f"exact-{name}"
     if not data.exists() or read_imagefolder(data).card.get("builtin", {}).get("config") != config.to_dict():
         make_colored_mnist(config, data, overwrite=True)

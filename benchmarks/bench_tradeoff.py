@@ -47,7 +47,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from bench_generator import METHODS, prepare_data
+from bench_generator import COLOUR_TIE, METHODS, prepare_data
 from common import load_results, machine
 
 from cfgen.counterfactuals import evaluate_counterfactuals
@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "generator-tradeoff.json"
 FIGURE = ROOT / "docs" / "generator-tradeoff.png"
 # Training options on top of the quick preset; "quick" is the preset itself.
+DEFAULT_TIE = ":".join(COLOUR_TIE)
 RECIPES: dict[str, dict[str, Any]] = {
     "quick": {},
     "low-noise-x3": {"timestep_bias_multiplier": 3.0, "timestep_bias_portion": 0.6},
@@ -77,7 +78,7 @@ def numbers(text: str, kind: type = float) -> list:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strength", type=float, default=0.99)
-    parser.add_argument("--tie", default="digit:fg_color", help="the confounding, PARENT:CHILD[=STRENGTH]")
+    parser.add_argument("--tie", default=DEFAULT_TIE, help="the confounding, PARENT:CHILD[=STRENGTH]")
     parser.add_argument("--attributes", default="fg_color", help="edited attributes: fg_color, bg_color, thickness")
     parser.add_argument("--methods", default="reweight", help=f"comma-separated: {', '.join(METHODS)}")
     parser.add_argument("--localize", default="no", help="comma-separated masks: no, edit, others")
@@ -157,14 +158,19 @@ def scores(metrics: dict[str, Any], attribute: str, group: str = "rare") -> dict
     }
 
 
+def tie_of(entry: dict[str, Any]) -> str:
+    """The entry's confounding; entries written before --tie existed all used the colour tie."""
+    return entry.get("tie", DEFAULT_TIE)
+
+
 def plot(results: dict[str, Any]) -> None:
     entries = list(results["entries"].values())
-    panels = sorted({(e.get("tie", "digit:fg_color"), e["attribute"], e["method"]) for e in entries})
+    panels = sorted({(tie_of(e), e["attribute"], e["method"]) for e in entries})
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
     for axis, (tie, attribute, method) in zip(axes[0], panels, strict=True):
         curves: dict[tuple[int, bool, float, str, str], list[dict]] = {}
         for e in entries:
-            if (e.get("tie", "digit:fg_color"), e["attribute"], e["method"]) == (tie, attribute, method):
+            if (tie_of(e), e["attribute"], e["method"]) == (tie, attribute, method):
                 procedure = (e["localize"], e["depth"], e.get("recipe", "quick"), e.get("inversion", "ddim"))
                 key = (e["train_steps"], *procedure)
                 curves.setdefault(key, []).append(e)
@@ -213,7 +219,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data, _ = prepare_data(work, args.strength, argparse.Namespace(**vars(args)), args.tie)
-    tie = "digit:fg_color" if args.tie == ("digit", "fg_color") else ":".join(args.tie)
+    tie = ":".join(args.tie)
     for method, steps, recipe in product(args.methods, args.train_steps, args.recipes):
         generator, train_seconds = trained(work, data, method, steps, recipe)
         for attribute in args.attributes:
@@ -247,7 +253,7 @@ def main() -> None:
                 }  # fmt: skip
                 recipe_key = "" if recipe == "quick" else f"|{recipe}"
                 inversion_key = "" if inversion == "ddim" else f"|{inversion}"
-                tie_key = "" if tie == "digit:fg_color" else f"{tie}|"
+                tie_key = "" if tie == DEFAULT_TIE else f"{tie}|"
                 key = f"{tie_key}{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}{inversion_key}"
                 results["entries"][key] = item
                 write_json(RESULTS, results)

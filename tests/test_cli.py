@@ -14,22 +14,8 @@ SMALL = ["--train-size", "300", "--validation-size", "0", "--test-size", "40", "
 
 def test_make_dataset_measure_and_compare(tmp_path: Path) -> None:
     data, other = tmp_path / "data", tmp_path / "other"
-    assert (
-        main(
-            [
-                "make-dataset",
-                "colored-mnist",
-                "--out",
-                str(data),
-                "--tie",
-                "digit:fg_color=0.95",
-                "--tie",
-                "fg_color:bg_color=0.8",
-                *SMALL,
-            ]
-        )
-        == 0
-    )
+    ties = ["--tie", "digit:fg_color=0.95", "--tie", "fg_color:bg_color=0.8"]
+    assert main(["make-dataset", "colored-mnist", "--out", str(data), *ties, *SMALL]) == 0
     assert main(["make-dataset", "colored-mnist", "--out", str(other), "--strength", "0", *SMALL]) == 0
     card = json.loads((data / "cfgen_dataset.json").read_text())
     assert card["builtin"]["config"]["ties"] == [["digit", "fg_color", 0.95], ["fg_color", "bg_color", 0.8]]

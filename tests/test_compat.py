@@ -66,6 +66,6 @@ def test_cfgen_help_imports_neither_torch_nor_diffusers(ran) -> None:
 
 
 def test_the_meter_imports_no_torch(ran) -> None:
-    """``cfgen measure`` reads pixels only; a torch import would double its start-up."""
+    """``cfgen measure`` reads pixels only, so it should not pay for importing torch."""
     result = ran["meter"]
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout[-500:] + result.stderr[-2000:]
