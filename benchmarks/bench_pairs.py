@@ -53,9 +53,9 @@ from cfgen.judges.training import train_judges
 RESULTS = Path(__file__).resolve().parent / "results" / "pairs.json"
 
 
-def accepted(judges: Judges, schema: Schema, edits: MetadataTable) -> np.ndarray:
+def accepted(judges: Judges, schema: Schema, edits: MetadataTable, images: np.ndarray) -> np.ndarray:
     """Rows whose every variable reads as the row says: the target for the edited one, the factual value otherwise."""
-    read = judges(load_images(edits.image_paths, judges.image_format))
+    read = judges(images)
     keep = np.ones(len(edits), dtype=bool)
     for name, codes in read.items():
         keep &= codes == schema[name].encode(edits.column(name))
@@ -107,9 +107,11 @@ def main() -> None:
 
     started = time.perf_counter()
     evaluation = load_or_train_judges(data, schema, default_judge_cache(), settings["judge_steps"])
-    good = accepted(evaluation, schema, generated)
     train = data.split("train")
     image_format = check_images(train)
+    generated_images = load_images(generated.image_paths, image_format)
+    exact_images = load_images(exact.image_paths, image_format)
+    good = accepted(evaluation, schema, generated, generated_images)
     codes = np.stack([v.encode(train.column(v.name)) for v in schema.variables], axis=1)
     counts = [v.num_values for v in schema.variables]
     images = load_images(train.image_paths, image_format)
@@ -153,10 +155,7 @@ def main() -> None:
             "cf_reg_test_accuracy": accuracy,
         }
         print(f"{name}: {limit} pairs, {steps} steps ({seconds} s), cf-reg accuracy {accuracy:.3f}", flush=True)
-    difference = (
-        load_images(generated.image_paths, image_format) / 255 - load_images(exact.image_paths, image_format) / 255
-    )
-    mse = (difference**2).mean(axis=(1, 2, 3))
+    mse = ((generated_images / 255 - exact_images / 255) ** 2).mean(axis=(1, 2, 3))
     results = (
         json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": __doc__.splitlines()[0], "runs": {}}
     )
@@ -164,7 +163,7 @@ def main() -> None:
         "settings": {key: settings[key] for key in ("preset", "epochs", "seeds", "pair_share", "judge_steps")},
         "subsets": rows,
         "mse_to_exact": {"accepted": float(mse[good].mean()), "rejected": float(mse[~good].mean())},
-        "method_judges_accept_exact": float(accepted(method_judges, schema, exact).mean()),
+        "method_judges_accept_exact": float(accepted(method_judges, schema, exact, exact_images).mean()),
         "seconds": round(time.perf_counter() - started, 1),
         "machine": machine(),
         "command": " ".join(["python", *sys.argv]),
