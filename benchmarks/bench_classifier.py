@@ -11,7 +11,7 @@ oracle is ERM on the same digits re-rendered without the tie.
 Targets: cf-reg with generated counterfactuals reaches >= 0.95x the oracle's unconfounded-test
 accuracy and beats group-dro.
 
-    python benchmarks/bench_classifier.py [--methods erm,cf-reg,...] [--seeds 0,1,2] [--epochs 6]
+    python benchmarks/bench_classifier.py [--methods erm,cf-reg,...] [--seeds 0,1,2] [--epochs 6] [--cf-weight W]
         [--train-generator quick | --generator GEN | --generated DIR] [--skip-exact] [--threads 1]
 
 Runnable in parts: results merge into benchmarks/results/classifier.json (entries of the same
@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train-size", type=int, default=3000, help="training images (default 3000)")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--cf-weight", type=float, default=ClassifierConfig.cf_weight, help="cf-reg's penalty weight")
     parser.add_argument(
         "--train-generator", choices=list(GENERATOR_PRESETS), help="train a generator (reweight) on the train split"
     )
@@ -161,6 +162,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "spurious": SPURIOUS,
         "epochs": args.epochs,
         "lr": args.lr,
+        "cf_weight": args.cf_weight,
         "exact_intervention": f"{SPURIOUS}=*",
     }
     results = load_results(Path(args.results), settings, "classifier debiasing on colored digits")
@@ -183,6 +185,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 counterfactuals=(str(folder),),
                 epochs=args.epochs,
                 lr=args.lr,
+                cf_weight=args.cf_weight,
                 seeds=seeds,
                 overwrite=True,
                 progress=False,

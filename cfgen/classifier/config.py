@@ -46,7 +46,7 @@ class ClassifierConfig:
     report_to: str = "tensorboard"
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE
     pair_share: float | None = None  # None: training rows are drawn uniformly
-    cf_weight: float = 1.0
+    cf_weight: float = 10.0  # 1 left the shortcut in with few pairs (docs/classifier.md)
     cf_distance: str = "cosine"
     cf_layer: str = "features"
     dro_step_size: float = 0.01
