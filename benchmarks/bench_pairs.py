@@ -32,7 +32,8 @@ explains:
                                    source colour, blotches, background noise)
 
 Beside each set of images it reports how far their fitted stroke colour went from the source's
-colour to the target's (0 kept, 1 reached; the exact counterfactuals score 1).
+colour to the target's (0 kept, 1 reached; the exact counterfactuals score 0.98, as the stroke
+map is not quite the drawn alpha).
 
 It also trains judges the way a method could, on the run's confounded training images only, and
 reports the share of the exact counterfactuals they accept: whether such judges could filter.
