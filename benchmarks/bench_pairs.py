@@ -18,6 +18,10 @@ subsets of its edits:
                                   values to the same target (the three levers cost twice the
                                   generation time)
 
+With ``--parts guidance``, the run's edits made again at other guidance weights, from the first
+decoding step or from later ones (``GUIDANCE``, InferenceSettings.guidance_start), each with its
+judges' acceptance, colour progress (below) and cf-reg.
+
 With ``--parts settings``, cf-reg on the run's generated and exact counterfactuals with other
 weights, distances and layers of its penalty (``SETTINGS``): how much the classifier can learn from
 few and from imperfect pairs. With ``--parts hybrids``, images that take one thing from the generated
@@ -38,9 +42,10 @@ map is not quite the drawn alpha).
 It also trains judges the way a method could, on the run's confounded training images only, and
 reports the share of the exact counterfactuals they accept: whether such judges could filter.
 
-    python benchmarks/bench_pairs.py --run RUN_FOLDER [--parts subsets,levers,settings,hybrids] [--threads 2]
+    python benchmarks/bench_pairs.py --run RUN_FOLDER [--parts subsets,levers,guidance,settings,hybrids]
+        [--cf-weight W] [--threads 2]
 
-Writes benchmarks/results/pairs.json (one entry per run folder).
+Writes benchmarks/results/pairs.json (one entry per run folder and penalty weight given).
 """
 
 import argparse
@@ -74,7 +79,8 @@ from cfgen.judges.reading import default_judge_cache
 from cfgen.judges.training import train_judges
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pairs.json"
-PARTS = {"subsets", "levers", "settings", "hybrids"}
+PARTS = {"subsets", "levers", "guidance", "settings", "hybrids"}
+GUIDANCE = ((3.0, 0.0), (5.0, 0.0), (8.0, 0.0), (12.0, 0.5), (20.0, 0.6))  # (weight, start)
 SETTINGS = (
     *({"cf_weight": weight} for weight in (1.0, 3.0, 10.0, 30.0, 100.0)),
     {"cf_layer": "logits"},
@@ -193,10 +199,32 @@ def cf_reg_accuracy(
     return train_classifiers(config)["splits"]["test"]["accuracy"]["mean"]
 
 
+def slug(name: str) -> str:
+    """A folder name for a row's name."""
+    return name.replace(", ", "-").replace(" ", "-")
+
+
+def images_row(
+    run: Path, settings: dict[str, Any], label: str, work: Path, name: str, images: np.ndarray, exact: np.ndarray
+) -> dict[str, Any]:
+    """cf-reg trained with ``images`` in place of the run's counterfactuals (same edits, same order), with
+    how far they are from the exact ones."""
+    edits = read_imagefolder(run / "counterfactuals")
+    folder = write_like(run / "counterfactuals", images, work / f"cf-{slug(name)}")
+    accuracy = cf_reg_accuracy(run, settings, label, folder, work / f"clf-{slug(name)}")
+    mse = float(((images / 255 - exact / 255) ** 2).mean())
+    print(f"{name}: MSE to exact {mse:.4f}, cf-reg unconfounded test accuracy {accuracy:.3f}", flush=True)
+    return {
+        "pairs": len(images), "mse_to_exact": mse, "colour_progress": colour_progress(edits, images),
+        "cf_reg_test_accuracy": accuracy,
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a finished cfgen pipeline run on built-in data")
     parser.add_argument("--parts", default="subsets,levers", help="comma-separated, of " + ", ".join(sorted(PARTS)))
+    parser.add_argument("--cf-weight", type=float, help="cf-reg's penalty weight (default: the run's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cfgen-bench-pairs"))
     args = parser.parse_args()
@@ -207,6 +235,10 @@ def main() -> None:
         sys.exit(f"--parts: unknown {', '.join(sorted(parts - PARTS))}; choose from {', '.join(sorted(PARTS))}")
     penalty = json.loads((run / "classifiers" / "cf-reg" / "run.json").read_text())["config"]
     settings = json.loads((run / "run.json").read_text())["config"] | {name: penalty[name] for name in PENALTY}
+    entry = str(run)  # rows of another penalty weight go to an entry of their own
+    if args.cf_weight is not None:
+        settings["cf_weight"] = args.cf_weight
+        entry += f", cf-reg weight {args.cf_weight:g}"
     schema = Schema.from_dict(json.loads((run / "generator" / CONFIG_FILE).read_text())["schema"])
     data = read_imagefolder(run / "data")
     generated, exact = read_imagefolder(run / "counterfactuals"), read_imagefolder(run / "exact")
@@ -236,27 +268,18 @@ def main() -> None:
         "exact, of the accepted": (run / "exact", good),
         "exact, of the rejected": (run / "exact", ~good),
     }
-    previous = json.loads(RESULTS.read_text())["runs"].get(str(run), {}) if RESULTS.is_file() else {}
+    previous = json.loads(RESULTS.read_text())["runs"].get(entry, {}) if RESULTS.is_file() else {}
     rows = previous.get("subsets", {})
     if "subsets" in parts:
         for name, (folder, keep) in subsets.items():
-            slug = name.replace(", ", "-").replace(" ", "-")
             accuracy = cf_reg_accuracy(
-                run, settings, label, subset(folder, keep, work / f"cf-{slug}"), work / f"clf-{slug}"
+                run, settings, label, subset(folder, keep, work / f"cf-{slug(name)}"), work / f"clf-{slug(name)}"
             )
             rows[name] = {"pairs": int(keep.sum()), "cf_reg_test_accuracy": accuracy}
             print(f"{name}: {int(keep.sum())} pairs, cf-reg unconfounded test accuracy {accuracy:.3f}", flush=True)
     if "hybrids" in parts:
         for name, images in hybrids(generated, generated_images, exact_images).items():
-            slug = name.replace(", ", "-").replace(" ", "-")
-            folder = write_like(run / "counterfactuals", images, work / f"cf-{slug}")
-            accuracy = cf_reg_accuracy(run, settings, label, folder, work / f"clf-{slug}")
-            mse = float(((images / 255 - exact_images / 255) ** 2).mean())
-            rows[name] = {
-                "pairs": len(images), "mse_to_exact": mse, "colour_progress": colour_progress(generated, images),
-                "cf_reg_test_accuracy": accuracy,
-            }  # fmt: skip
-            print(f"{name}: MSE to exact {mse:.4f}, cf-reg unconfounded test accuracy {accuracy:.3f}", flush=True)
+            rows[name] = images_row(run, settings, label, work, name, images, exact_images)
     generation = json.loads((run / "counterfactuals" / "run.json").read_text())["config"]
     levers = {
         "generated, twice the sources": (2 * generation["limit"], generation["steps"]),
@@ -283,16 +306,20 @@ def main() -> None:
         generating = time.perf_counter()
         again = edited_again(run, generated, generated_images)
         seconds = round(time.perf_counter() - generating, 1)
-        folder = write_like(run / "counterfactuals", again, work / "cf-edited-twice")
-        accuracy = cf_reg_accuracy(run, settings, label, folder, work / "clf-edited-twice")
-        mse = float(((again / 255 - exact_images / 255) ** 2).mean())
-        rows["generated, edited twice"] = {
-            "pairs": len(again), "generation_seconds": seconds, "mse_to_exact": mse,
-            "colour_progress": colour_progress(generated, again), "cf_reg_test_accuracy": accuracy,
-        }  # fmt: skip
-        print(
-            f"generated, edited twice ({seconds} s): MSE to exact {mse:.4f}, cf-reg accuracy {accuracy:.3f}", flush=True
-        )
+        name = "generated, edited twice"
+        rows[name] = {"generation_seconds": seconds} | images_row(run, settings, label, work, name, again, exact_images)
+    for weight, start in GUIDANCE if "guidance" in parts else ():
+        name = f"generated, guidance {weight:g} from {start:.0%} of the steps"
+        folder = work / f"generated-{slug(name)}"
+        shutil.rmtree(folder, ignore_errors=True)
+        generate_counterfactuals(
+            run / "data", generation["intervention"], folder, generator=run / "generator", split="train",
+            limit=generation["limit"], seed=generation["seed"], steps=generation["steps"], guidance=str(weight),
+            guidance_start=start, progress=False,
+        )  # fmt: skip
+        images = load_images(read_imagefolder(folder).image_paths, image_format)
+        share = float(accepted(evaluation, schema, generated, images).mean())
+        rows[name] = {"accepted": share} | images_row(run, settings, label, work, name, images, exact_images)
     for kind in ("generated", "exact") if "settings" in parts else ():
         for options in SETTINGS:
             name = f"{kind}, cf-reg " + ", ".join(f"{key}={value}" for key, value in options.items())
@@ -304,7 +331,7 @@ def main() -> None:
     results = (
         json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": __doc__.splitlines()[0], "runs": {}}
     )
-    results["runs"][str(run)] = {
+    results["runs"][entry] = {
         "settings": {
             key: settings[key] for key in ("preset", "epochs", "seeds", "pair_share", "judge_steps", *PENALTY)
         },
@@ -320,7 +347,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
     }
     write_json(RESULTS, results)
-    share = results["runs"][str(run)]["method_judges_accept_exact"]
+    share = results["runs"][entry]["method_judges_accept_exact"]
     print(f"judges trained on the confounded training images accept {share:.3f} of the exact counterfactuals")
     print(f"wrote {RESULTS}")
 

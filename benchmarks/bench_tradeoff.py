@@ -9,7 +9,8 @@ shows whether it moves the whole curve or only slides along it.
 
 For each method and number of training steps a quick-preset generator is trained on the generator
 benchmark's data (digit -> fg_color at ``--strength``, or the ``--tie`` given, 6,000 training images); it then edits the
-unconfounded test images ``ATTRIBUTE=random`` at every (inversion, localize, depth, guidance) of the grid,
+unconfounded test images ``ATTRIBUTE=random`` at every (inversion, localize, depth, guidance, guidance
+start) of the grid,
 and ``evaluate_counterfactuals`` scores the edits against the exact counterfactuals. Figures are
 for the rare targets (pairs at most a fifth as frequent in training as independence would make
 them; for an attribute untied to the digit, where few edits are rare, every edit):
@@ -25,7 +26,7 @@ them; for an attribute untied to the digit, where few edits are rare, every edit
     python benchmarks/bench_tradeoff.py [--tie digit:thickness=0.99] [--attributes fg_color,bg_color]
         [--methods reweight] [--recipes quick,low-noise-x3]
         [--train-steps 400,1000] [--localize no,edit,others] [--inversions ddim,ddpm]
-        [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5]
+        [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5] [--guidance-starts 0,0.5]
         [--test-size 200] [--threads 2]
 
 Writes benchmarks/results/generator-tradeoff.json and docs/generator-tradeoff.png; entries merge,
@@ -87,6 +88,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-steps", default="400,1000", help="training lengths (quick preset otherwise)")
     parser.add_argument("--depths", default="0.4,0.6,0.8", help="inversion depths")
     parser.add_argument("--guidance", default="1.5,2,3,5", help="guidance weights on fg_color")
+    parser.add_argument("--guidance-starts", default="0", help="fractions of the decoding steps made unguided")
     parser.add_argument("--ddim-steps", type=int, default=20)
     parser.add_argument("--train-size", type=int, default=6000)
     parser.add_argument("--test-size", type=int, default=200)
@@ -105,8 +107,8 @@ def parse_args() -> argparse.Namespace:
     if not (parent and child):
         parser.error(f"--tie is PARENT:CHILD[=STRENGTH], such as digit:thickness=0.99, not {args.tie!r}")
     args.tie, args.strength = (parent, child), float(strength or args.strength)
-    args.train_steps, args.depths, args.guidance = (
-        numbers(args.train_steps, int), numbers(args.depths), numbers(args.guidance)
+    args.train_steps, args.depths, args.guidance, args.guidance_starts = (
+        numbers(args.train_steps, int), numbers(args.depths), numbers(args.guidance), numbers(args.guidance_starts)
     )  # fmt: skip
     return args
 
@@ -171,22 +173,27 @@ def plot(results: dict[str, Any]) -> None:
         curves: dict[tuple[int, bool, float, str, str], list[dict]] = {}
         for e in entries:
             if (tie_of(e), e["attribute"], e["method"]) == (tie, attribute, method):
-                procedure = (e["localize"], e["depth"], e.get("recipe", "quick"), e.get("inversion", "ddim"))
+                procedure = (
+                    e["localize"], e["depth"], e.get("recipe", "quick"), e.get("inversion", "ddim"),
+                    e.get("guidance_start", 0.0),
+                )  # fmt: skip
                 key = (e["train_steps"], *procedure)
                 curves.setdefault(key, []).append(e)
         lengths = sorted({steps for steps, *_ in curves})
         colours = plt.cm.viridis([i / max(len(lengths) - 1, 1) for i in range(len(lengths))])
-        depths = sorted({depth for _, _, depth, _, _ in curves})
+        depths = sorted({depth for _, _, depth, *_ in curves})
         markers = dict(zip(depths, "osD^v", strict=False))
-        for (steps, local, depth, recipe, inversion), points in sorted(curves.items()):
+        for (steps, local, depth, recipe, inversion, start), points in sorted(curves.items()):
             points.sort(key=lambda e: e["guidance"])
             x = [p[p.get("headline", "rare")]["digit_agrees"] for p in points]
             y = [p[p.get("headline", "rare")]["effectiveness"] for p in points]
             label = f"{steps} steps{'' if recipe == 'quick' else ' ' + recipe}, depth {depth}"
             label += "" if local == "no" else f", localized ({local} mask)"
             label += ", DDPM inversion" if inversion == "ddpm" else ""
+            label += f", guided from {start:.0%} of the steps" if start else ""
             colour = colours[lengths.index(steps)]
             style = "-." if inversion == "ddpm" else ":" if recipe != "quick" else "-" if local == "no" else "--"
+            style = (0, (1, 1)) if start else style  # densely dotted: guided from a later step
             axis.plot(x, y, label=label, marker=markers[depth], color=colour, linestyle=style)
             for p, xi, yi in zip(points, x, y, strict=True):
                 axis.annotate(f"{p['guidance']:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -224,16 +231,16 @@ def main() -> None:
         generator, train_seconds = trained(work, data, method, steps, recipe)
         for attribute in args.attributes:
             exact = exact_edits(work, data, attribute)
-            for inversion, local, depth, guidance in product(
-                args.inversions, args.localize, args.depths, args.guidance
+            for inversion, local, depth, guidance, start in product(
+                args.inversions, args.localize, args.depths, args.guidance, args.guidance_starts
             ):
-                out = work / f"cf-{generator.name}-{attribute}-{inversion}-l{local}-d{depth}-g{guidance}"
+                out = work / f"cf-{generator.name}-{attribute}-{inversion}-l{local}-d{depth}-g{guidance}-s{start}"
                 shutil.rmtree(out, ignore_errors=True)
                 started = time.perf_counter()
                 generate_counterfactuals(
                     data, f"{attribute}=random", out, generator=generator, split="test", steps=args.ddim_steps,
                     inversion_depth=depth, guidance=str(guidance), localize=local, inversion=inversion,
-                    progress=False,
+                    guidance_start=start, progress=False,
                 )  # fmt: skip
                 seconds = time.perf_counter() - started
                 metrics = evaluate_counterfactuals(
@@ -246,7 +253,7 @@ def main() -> None:
                     "method": method,
                     "train_steps": steps, "recipe": recipe,
                     "train_seconds": train_seconds, "inversion": inversion, "localize": local, "depth": depth,
-                    "guidance": guidance,
+                    "guidance": guidance, "guidance_start": start,
                     "generation_seconds": round(seconds, 1), "rare": scores(metrics, attribute),
                     "all": scores(metrics, attribute, "all"),
                     "judge_accuracy_on_sources": metrics["judge_accuracy_on_sources"],
@@ -254,14 +261,18 @@ def main() -> None:
                 recipe_key = "" if recipe == "quick" else f"|{recipe}"
                 inversion_key = "" if inversion == "ddim" else f"|{inversion}"
                 tie_key = "" if tie == DEFAULT_TIE else f"{tie}|"
-                key = f"{tie_key}{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}{inversion_key}"
+                start_key = f"|from{start}" if start else ""
+                key = (
+                    f"{tie_key}{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}{inversion_key}"
+                    f"{start_key}"
+                )
                 results["entries"][key] = item
                 write_json(RESULTS, results)
                 rare = item[headline]
                 print(
                     f"{tie} tied, {attribute}, {method} {recipe} {steps} steps, {inversion}, localize {local}, "
                     f"depth {depth}, "
-                    f"guidance {guidance} "
+                    f"guidance {guidance} from {start} "
                     f"({headline} edits): "
                     f"effectiveness {rare['effectiveness']:.3f}, digit agrees {rare['digit_agrees']:.3f}, "
                     f"all kept {rare['all_kept']:.3f}, success {rare['success']:.3f}, "

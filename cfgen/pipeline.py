@@ -399,10 +399,15 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
         return ["The data have no validation split: edits use the default inference settings.", ""]
     chosen = "; ".join(
         f"{name}: {LOCALIZED[saved_localize(s['localize'])]}, {s.get('inversion', 'ddim').upper()} inversion "
-        f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}, {s['steps']} steps"
+        f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s.get('guidance_start', 0.0))}, "
+        f"{s['steps']} steps"
         for name, s in inference.items()
     )
     return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {chosen}.", ""]
+
+
+def _late(guidance_start: float) -> str:
+    return f" from {guidance_start:.0%} of the steps on" if guidance_start else ""
 
 
 def _pairing_note(sources: int | None) -> list[str]:

@@ -206,6 +206,7 @@ def test_killed_run_resumes_to_the_same_images(dataset: Path, generator: Path, r
         (["--intervene", "fg_color"], "write attribute=value"),
         (["--intervene", "fg_color=*", "--guidance", "colour=2"], "unknown attribute 'colour'"),
         (["--intervene", "fg_color=*", "--inversion-depth", "1.5"], r"--inversion-depth must be in \(0, 1\]"),
+        (["--intervene", "fg_color=*", "--guidance-start", "1"], r"--guidance-start must be in \[0, 1\)"),
         (["--intervene", "fg_color=*", "--split", "nope"], "split 'nope' not found"),
     ],
 )
@@ -422,8 +423,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     tuned = tmp_path / "gen"
     shutil.copytree(generator, tuned)
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
-    grid = ["--depths", "0.4,1.0", "--guidance", "6", "--localize", "no,others", "--inversions", "ddim,ddpm",
-            "--ddim-steps", "4", "--sources", "6", *judge]  # fmt: skip
+    grid = ["--depths", "0.4,1.0", "--guidance", "6", "--guidance-starts", "0,0.5", "--localize", "no,others",
+            "--inversions", "ddim,ddpm", "--ddim-steps", "4", "--sources", "6", *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
@@ -432,12 +433,15 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
     assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 6
     for name, scores in inference["selection"]["grid"].items():
-        assert len(scores) == 8
+        assert len(scores) == 16
         assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)
-        assert {(s["inversion"], s["localize"]) for s in scores} == set(product(("ddim", "ddpm"), ("no", "others")))
+        assert {(s["inversion"], s["localize"], s["guidance_start"]) for s in scores} == set(
+            product(("ddim", "ddpm"), ("no", "others"), (0.0, 0.5))
+        )
         assert all(0 < s["change"] < 1 for s in scores)  # mean absolute pixel change, images in [0, 1]
         best = max(scores, key=lambda s: (s["success"], -s["change"]))  # ties: the least change
-        expected = {"steps": 4, **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion")}}
+        chosen_keys = ("inversion_depth", "guidance", "localize", "inversion", "guidance_start")
+        expected = {"steps": 4, **{key: best[key] for key in chosen_keys}}
         assert inference["attributes"][name] == expected
 
     # cfgen generate uses the chosen settings unless told otherwise
@@ -450,8 +454,11 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert (used["steps"], used["inversion_depth"]) == (4, chosen["inversion_depth"])
     assert used["guidance"] == {"fg_color": chosen["guidance"]}
     assert (used["localize"], used["inversion"]) == (chosen["localize"], chosen["inversion"])
+    assert used["guidance_start"] == chosen["guidance_start"]
     assert cli(*edit, "--inversion-depth", "0.5", "--out", str(tmp_path / "cf2")) == 0
     assert json.loads((tmp_path / "cf2" / "run.json").read_text())["config"]["inversion_depth"] == 0.5
+    assert cli(*edit, "--guidance-start", "0.75", "--out", str(tmp_path / "cf3")) == 0
+    assert json.loads((tmp_path / "cf3" / "run.json").read_text())["config"]["guidance_start"] == 0.75
 
     # a joint edit inverts as deep as its deepest attribute needs, each attribute with its own guidance
     joint = settings_for(Generator.load(tuned), ("fg_color", "thickness"))
@@ -460,6 +467,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert joint.guidance == {"fg_color": chosen["guidance"], "thickness": thickness["guidance"]}
     assert joint.localize == ("others" if "others" in (chosen["localize"], thickness["localize"]) else "no")
     assert joint.inversion == ("ddpm" if "ddpm" in (chosen["inversion"], thickness["inversion"]) else "ddim")
+    assert joint.guidance_start == min(chosen["guidance_start"], thickness["guidance_start"])
     capsys.readouterr()
 
     # never on the test split; only attributes the generator edits; a folder without validation rows
@@ -506,6 +514,25 @@ def test_localized_edits_keep_the_source_outside_the_mask(dataset: Path, generat
     assert not torch.equal(masks["edit"], masks["others"])
     with pytest.raises(CfgenError, match="--localize must be one of no, edit, others, not 'yes'"):
         InferenceSettings(localize="yes")
+
+
+def test_guidance_starts_where_asked(dataset: Path, generator: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline, images, factual, target = background_edits(dataset, generator)
+    settings = InferenceSettings(steps=6, inversion_depth=1.0, guidance={"bg_color": 3.0}, guidance_start=0.5)
+    path = pipeline.inversion_path(images, factual, settings)
+    weights, guided_noise = [], Generator.guided_noise
+
+    def recording(self: Generator, sample: torch.Tensor, t: torch.Tensor, conditions: torch.Tensor, guidance: dict):
+        weights.append(dict(guidance))
+        return guided_noise(self, sample, t, conditions, guidance)
+
+    monkeypatch.setattr(Generator, "guided_noise", recording)
+    late = pipeline.decode(path, target, settings)
+    assert weights == [{}] * 3 + [{"bg_color": 3.0}] * 3  # the three noisiest steps unguided
+    assert not torch.equal(late, pipeline.decode(path, target, replace(settings, guidance_start=0.0)))
+    for bad in (1.0, -0.1):
+        with pytest.raises(CfgenError, match=r"--guidance-start must be in \[0, 1\)"):
+            InferenceSettings(guidance_start=bad)
 
 
 def test_edit_friendly_inversion_reconstructs_and_draws_its_noise_from_each_image(

@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: the generator's per attribute, chosen by tune-inference, else {DEFAULT_GUIDANCE:g})",
     )
     inference.add_argument(
+        "--guidance-start",
+        type=float,
+        help="fraction of the decoding steps, noisiest first, made without guidance, in [0, 1): late guidance "
+        "changes appearance and keeps more of the shape (default: the generator's per attribute, chosen by "
+        "tune-inference, else 0)",
+    )
+    inference.add_argument(
         "--localize",
         choices=LOCALIZE,
         help="keep the source outside the model's own mask: of what the edit changes (edit), or of what "
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> None:
         guidance=args.guidance,
         localize=args.localize,
         inversion=args.inversion,
+        guidance_start=args.guidance_start,
         mixed_precision=args.mixed_precision,
         resize=args.resize,
         data_format=args.format,

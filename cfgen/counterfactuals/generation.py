@@ -197,6 +197,7 @@ def generate_counterfactuals(
     guidance: str | None = None,
     localize: str | None = None,
     inversion: str | None = None,
+    guidance_start: float | None = None,
     mixed_precision: str = "auto",
     resize: int | None = None,
     data_format: str = "auto",
@@ -227,7 +228,7 @@ def generate_counterfactuals(
     if str(generator) == EXACT:
         given = {
             "--ddim-steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance, "--localize": localize,
-            "--inversion": inversion,
+            "--inversion": inversion, "--guidance-start": guidance_start,
         }  # fmt: skip
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
@@ -250,7 +251,9 @@ def generate_counterfactuals(
         model = Generator.load(folder)
         check_sources(model, table if rows is None else table.select(np.array(rows)), str(folder), resize)
         intervention = parse_intervention(intervene, model.schema)
-        inference = settings_for(model, intervention.attributes, steps, inversion_depth, guidance, localize, inversion)
+        inference = settings_for(
+            model, intervention.attributes, steps, inversion_depth, guidance, localize, inversion, guidance_start
+        )
         source = GeneratorSource(model, folder, inference, resolve_mixed_precision(mixed_precision))
     requests = plan_requests(table, source.schema, intervention, seed=seed, rows=rows)
 

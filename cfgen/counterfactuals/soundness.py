@@ -90,6 +90,7 @@ def generator_edit(counterfactual_folder: str | Path, batch_size: int = 64) -> E
     settings = InferenceSettings(
         config["steps"], config["inversion_depth"], config["guidance"], config["localize"],
         config.get("inversion", "ddim"),  # folders made before the inversion was a choice
+        config.get("guidance_start", 0.0),  # or before guidance could start late
     )  # fmt: skip
 
     def edit(images: np.ndarray, values: Sequence[dict[str, str]], targets: Sequence[dict[str, str]]) -> np.ndarray:

@@ -3,16 +3,17 @@ with the generator as the defaults of ``cfgen generate`` and the pipeline.
 
 Guidance and inversion depth trade the edit against what it must keep: more of either reaches the
 target more often and keeps the rest less often, and what suits a thin stroke does not suit a
-background. For every attribute, and every (depth, guidance) of a grid, the generator edits
-validation images to a random other value of it; the judges of ``evaluate-counterfactuals`` read
-the edits, and the setting with the most successes wins (the target reached and every other judged
-variable read as on the source image); among equally successful settings, the one that changes
-the source least (mean absolute pixel change), the minimal edit: the judges read only the labelled
-variables, and what no variable names (a bird's colour on a new background) should stay too. The
-grid also holds localized edits (``InferenceSettings.localize``: the source kept outside the
-model's own mask of what the edit changes, or of what the kept variables have no say in) and both
-inversions (DDIM's and the edit-friendly one), so each attribute gets the procedure that works for
-it. The test split is never used: a setting chosen there would flatter every figure measured on it.
+background. For every attribute, and every (depth, guidance, guidance start) of a grid, the
+generator edits validation images to a random other value of it; the judges of
+``evaluate-counterfactuals`` read the edits, and the setting with the most successes wins (the
+target reached and every other judged variable read as on the source image); among equally
+successful settings, the one that changes the source least (mean absolute pixel change), the minimal
+edit: the judges read only the labelled variables, and what no variable names (a bird's colour on a
+new background) should stay too. The grid also holds localized edits
+(``InferenceSettings.localize``: the source kept outside the model's own mask of what the edit
+changes, or of what the kept variables have no say in) and both inversions (DDIM's and the
+edit-friendly one), so each attribute gets the procedure that works for it. The test split is never
+used: a setting chosen there would flatter every figure measured on it.
 """
 
 from itertools import product
@@ -41,6 +42,7 @@ from cfgen.runtime import resolve_mixed_precision
 
 DEPTHS = (0.4, 0.6, 0.8, 1.0)
 GUIDANCE = (1.5, 2.0, 3.0, 5.0)
+GUIDANCE_STARTS = (0.0,)  # guidance at every step; InferenceSettings.guidance_start says what a later start does
 DEFAULT_SOURCES = 200
 BATCH = 64  # edits made at once
 CRITERION = (
@@ -59,6 +61,7 @@ def tune_inference(
     localize: tuple[str, ...] = LOCALIZE,
     steps: int = DEFAULT_STEPS,
     inversions: tuple[str, ...] = INVERSIONS,
+    guidance_starts: tuple[float, ...] = GUIDANCE_STARTS,
     sources: int = DEFAULT_SOURCES,
     judge_steps: int = DEFAULT_JUDGE_STEPS,
     judge_batch_size: int = DEFAULT_JUDGE_BATCH_SIZE,
@@ -94,9 +97,10 @@ def tune_inference(
     unknown = [name for name in attributes if name not in editable]
     if unknown:
         raise CfgenError(f"cannot tune edits of {unknown[0]!r}; attributes the generator edits: {', '.join(editable)}")
-    if not depths or not guidance or not localize or not inversions:
+    if not depths or not guidance or not localize or not inversions or not guidance_starts:
         raise CfgenError(
-            "give at least one inversion depth, guidance weight, localize choice and inversion to choose from"
+            "give at least one inversion depth, guidance weight, guidance start, localize choice and inversion "
+            "to choose from"
         )
     for given, valid, what in ((inversions, INVERSIONS, "inversion"), (localize, LOCALIZE, "localize choice")):
         unknown = [name for name in given if name not in valid]
@@ -116,8 +120,9 @@ def tune_inference(
         targets = schema[name].encode(np.array([request.target[name] for request in requests]))
         originals = load_images(table.image_paths[[request.row for request in requests]], model.image_format)
         scores = []
-        for inversion, local, depth, weight in product(inversions, localize, depths, guidance):
-            settings = InferenceSettings(steps, depth, {name: weight}, local, inversion)
+        grid_points = product(inversions, localize, depths, guidance, guidance_starts)
+        for inversion, local, depth, weight, start in grid_points:
+            settings = InferenceSettings(steps, depth, {name: weight}, local, inversion, start)
             source = GeneratorSource(model, folder, settings, precision)
             batches = [requests[start : start + BATCH] for start in range(0, len(requests), BATCH)]
             edits = np.concatenate([source.make(table, batch) for batch in batches])
@@ -133,6 +138,7 @@ def tune_inference(
                     "localize": local,
                     "inversion_depth": depth,
                     "guidance": weight,
+                    "guidance_start": start,
                     "effectiveness": float(hit.mean()),
                     "kept": float(kept.mean()),
                     "success": float((hit & kept).mean()),
@@ -140,13 +146,14 @@ def tune_inference(
                 }
             )
             if progress:
-                print(f"{name}: {inversion}, localize {local}, depth {depth}, guidance {weight}: " + ", ".join(
+                where = f"{inversion}, localize {local}, depth {depth}, guidance {weight} from {start}"
+                print(f"{name}: {where}: " + ", ".join(
                     f"{key} {scores[-1][key]:.3f}" for key in ("effectiveness", "kept", "success")
                 ), flush=True)  # fmt: skip
         best = max(scores, key=lambda s: (s["success"], -s["change"]))
         chosen[name] = {
             "steps": steps,
-            **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion")},
+            **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion", "guidance_start")},
         }
         grid[name] = scores
     inference = {

@@ -37,6 +37,10 @@ class InferenceSettings:
     guidance: dict[str, float] = field(default_factory=dict)  # variable -> weight, used when decoding
     localize: str = "no"  # one of LOCALIZE: the source is kept outside the model's own mask (``edit_mask``)
     inversion: str = INVERSIONS[0]
+    # The fraction of decoding steps, noisiest first, made without guidance. Guidance at high noise
+    # redraws shapes, at low noise it changes appearance; where an edit should keep the shape, a late
+    # start keeps more of it (docs/generator.md).
+    guidance_start: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "localize", saved_localize(self.localize))
@@ -50,6 +54,10 @@ class InferenceSettings:
             )
         if self.inversion not in INVERSIONS:
             raise CfgenError(f"--inversion must be one of {', '.join(INVERSIONS)}, not {self.inversion!r}")
+        if not 0 <= self.guidance_start < 1:
+            raise CfgenError(
+                f"--guidance-start must be in [0, 1) (a fraction of the decoding steps), not {self.guidance_start!r}"
+            )
         bad = [name for name, weight in self.guidance.items() if not math.isfinite(weight)]
         if bad:
             raise CfgenError(f"guidance weight of {bad[0]!r} must be a finite number")
@@ -61,7 +69,12 @@ class InferenceSettings:
             "guidance": dict(self.guidance),
             "localize": self.localize,
             "inversion": self.inversion,
+            "guidance_start": self.guidance_start,
         }
+
+    def guidance_at(self, step: int) -> dict[str, float]:
+        """The guidance weights of decoding step ``step`` (0: the noisiest): none before ``guidance_start``."""
+        return self.guidance if step >= self.guidance_start * self.steps else {}
 
 
 def parse_guidance(text: str | None, schema: Schema, intervened: Sequence[str]) -> dict[str, float]:
@@ -94,14 +107,15 @@ def settings_for(
     guidance: str | None = None,
     localize: str | None = None,
     inversion: str | None = None,
+    guidance_start: float | None = None,
 ) -> InferenceSettings:
     """The settings of an edit of ``intervened``: what is given, else what was chosen for those
     attributes on validation data and saved with the generator, else the defaults.
 
     A joint edit of attributes tuned apart inverts as deep and takes as many steps as the most
-    demanding of them needs, guides each attribute with its own weight, and is localized (or
-    inverted edit-friendly) when any of them is (masks of two kinds: `others`). Settings saved before
-    the inversion was a choice were chosen with DDIM's.
+    demanding of them needs, guides each attribute with its own weight from the earliest step any of
+    them is guided, and is localized (or inverted edit-friendly) when any of them is (masks of two
+    kinds: `others`). Settings saved before the inversion was a choice were chosen with DDIM's.
     """
     chosen = generator.inference.get("attributes", {})
     tuned = [chosen[name] for name in intervened if name in chosen]
@@ -121,6 +135,9 @@ def settings_for(
         inversion=inversion
         if inversion is not None
         else min((t.get("inversion", "ddim") for t in tuned), default=INVERSIONS[0], key=INVERSIONS.index),
+        guidance_start=guidance_start
+        if guidance_start is not None
+        else min((t.get("guidance_start", 0.0) for t in tuned), default=0.0),
     )
 
 

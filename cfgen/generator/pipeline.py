@@ -264,8 +264,8 @@ class CounterfactualPipeline(DiffusionPipeline):
         settings: InferenceSettings,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Prediction: from the path's noise to an image under ``target``, guided per attribute (DDIM, or
-        DDPM's step plus the path's corrections).
+        """Prediction: from the path's noise to an image under ``target``, guided per attribute from
+        ``settings.guidance_start`` on (DDIM, or DDPM's step plus the path's corrections).
 
         With a ``mask``, each step's result outside it is replaced by the source's latent at the same
         noise level, so what the edit must not touch ends as it was.
@@ -273,7 +273,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         model = self.model
         sample = path.latents[-1]
         for step, t in enumerate(self.decoding_timesteps(settings)):
-            eps = model.guided_noise(sample, t, target, settings.guidance).to(sample.dtype)
+            eps = model.guided_noise(sample, t, target, settings.guidance_at(step)).to(sample.dtype)
             if path.corrections is None:
                 sample = self.scheduler.step(eps, int(t), sample, eta=0.0).prev_sample
             else:
@@ -348,6 +348,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         guidance: str | float | None = None,
         localize: str | None = None,
         inversion: str | None = None,
+        guidance_start: float | None = None,
         seed: int = 0,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -381,7 +382,9 @@ class CounterfactualPipeline(DiffusionPipeline):
 
         # 3. The inference settings: those given, else those chosen for the edited attributes
         weights = None if guidance is None else str(guidance)
-        settings = settings_for(model, parsed.attributes, steps, inversion_depth, weights, localize, inversion)
+        settings = settings_for(
+            model, parsed.attributes, steps, inversion_depth, weights, localize, inversion, guidance_start
+        )
 
         # 4. Abduction: invert each source image once, along its path
         path = self.inversion_path(source_images, factual_rows, settings).select(sources)
