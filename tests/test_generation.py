@@ -424,14 +424,14 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     shutil.copytree(generator, tuned)
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
     grid = ["--depths", "0.4,1.0", "--guidance", "6", "--guidance-starts", "0,0.5", "--localize", "no,others",
-            "--inversions", "ddim,ddpm", "--ddim-steps", "4", "--sources", "6", *judge]  # fmt: skip
+            "--inversions", "ddim,ddpm", "--ddim-steps", "4", "--sources", "3", *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
     assert CounterfactualPipeline.from_pretrained(tuned).config.inference == inference  # both records agree
     assert f"(chosen: {json.dumps(inference['attributes'])})" in (tuned / "README.md").read_text()  # the card too
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
-    assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 6
+    assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 3
     for name, scores in inference["selection"]["grid"].items():
         assert len(scores) == 16
         assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)

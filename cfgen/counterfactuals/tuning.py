@@ -121,8 +121,8 @@ def tune_inference(
         originals = load_images(table.image_paths[[request.row for request in requests]], model.image_format)
         scores = []
         grid_points = product(inversions, localize, depths, guidance, guidance_starts)
-        for inversion, local, depth, weight, start in grid_points:
-            settings = InferenceSettings(steps, depth, {name: weight}, local, inversion, start)
+        for inversion, local, depth, weight, guidance_start in grid_points:
+            settings = InferenceSettings(steps, depth, {name: weight}, local, inversion, guidance_start)
             source = GeneratorSource(model, folder, settings, precision)
             batches = [requests[start : start + BATCH] for start in range(0, len(requests), BATCH)]
             edits = np.concatenate([source.make(table, batch) for batch in batches])
@@ -138,7 +138,7 @@ def tune_inference(
                     "localize": local,
                     "inversion_depth": depth,
                     "guidance": weight,
-                    "guidance_start": start,
+                    "guidance_start": guidance_start,
                     "effectiveness": float(hit.mean()),
                     "kept": float(kept.mean()),
                     "success": float((hit & kept).mean()),
@@ -146,7 +146,7 @@ def tune_inference(
                 }
             )
             if progress:
-                where = f"{inversion}, localize {local}, depth {depth}, guidance {weight} from {start}"
+                where = f"{inversion}, localize {local}, depth {depth}, guidance {weight} from {guidance_start}"
                 print(f"{name}: {where}: " + ", ".join(
                     f"{key} {scores[-1][key]:.3f}" for key in ("effectiveness", "kept", "success")
                 ), flush=True)  # fmt: skip
