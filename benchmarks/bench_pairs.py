@@ -205,12 +205,18 @@ def slug(name: str) -> str:
 
 
 def images_row(
-    run: Path, settings: dict[str, Any], label: str, work: Path, name: str, images: np.ndarray, exact: np.ndarray
+    run: Path,
+    settings: dict[str, Any],
+    label: str,
+    work: Path,
+    name: str,
+    edits: MetadataTable,
+    folder: Path,
+    images: np.ndarray,
+    exact: np.ndarray,
 ) -> dict[str, Any]:
-    """cf-reg trained with ``images`` in place of the run's counterfactuals (same edits, same order), with
-    how far they are from the exact ones."""
-    edits = read_imagefolder(run / "counterfactuals")
-    folder = write_like(run / "counterfactuals", images, work / f"cf-{slug(name)}")
+    """cf-reg trained with the counterfactual ``folder`` (``images``: the run's ``edits``, in their order), with
+    how far its images are from the exact ones."""
     accuracy = cf_reg_accuracy(run, settings, label, folder, work / f"clf-{slug(name)}")
     mse = float(((images / 255 - exact / 255) ** 2).mean())
     print(f"{name}: MSE to exact {mse:.4f}, cf-reg unconfounded test accuracy {accuracy:.3f}", flush=True)
@@ -279,7 +285,8 @@ def main() -> None:
             print(f"{name}: {int(keep.sum())} pairs, cf-reg unconfounded test accuracy {accuracy:.3f}", flush=True)
     if "hybrids" in parts:
         for name, images in hybrids(generated, generated_images, exact_images).items():
-            rows[name] = images_row(run, settings, label, work, name, images, exact_images)
+            folder = write_like(run / "counterfactuals", images, work / f"cf-{slug(name)}")
+            rows[name] = images_row(run, settings, label, work, name, generated, folder, images, exact_images)
     generation = json.loads((run / "counterfactuals" / "run.json").read_text())["config"]
     levers = {
         "generated, twice the sources": (2 * generation["limit"], generation["steps"]),
@@ -307,10 +314,12 @@ def main() -> None:
         again = edited_again(run, generated, generated_images)
         seconds = round(time.perf_counter() - generating, 1)
         name = "generated, edited twice"
-        rows[name] = {"generation_seconds": seconds} | images_row(run, settings, label, work, name, again, exact_images)
+        folder = write_like(run / "counterfactuals", again, work / f"cf-{slug(name)}")
+        row = images_row(run, settings, label, work, name, generated, folder, again, exact_images)
+        rows[name] = {"generation_seconds": seconds} | row
     for weight, start in GUIDANCE if "guidance" in parts else ():
         name = f"generated, guidance {weight:g} from {start:.0%} of the steps"
-        folder = work / f"generated-{slug(name)}"
+        folder = work / f"cf-{slug(name)}"
         shutil.rmtree(folder, ignore_errors=True)
         generate_counterfactuals(
             run / "data", generation["intervention"], folder, generator=run / "generator", split="train",
@@ -319,7 +328,8 @@ def main() -> None:
         )  # fmt: skip
         images = load_images(read_imagefolder(folder).image_paths, image_format)
         share = float(accepted(evaluation, schema, generated, images).mean())
-        rows[name] = {"accepted": share} | images_row(run, settings, label, work, name, images, exact_images)
+        row = images_row(run, settings, label, work, name, generated, folder, images, exact_images)
+        rows[name] = {"accepted": share} | row
     for kind in ("generated", "exact") if "settings" in parts else ():
         for options in SETTINGS:
             name = f"{kind}, cf-reg " + ", ".join(f"{key}={value}" for key, value in options.items())

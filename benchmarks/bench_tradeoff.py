@@ -170,7 +170,7 @@ def plot(results: dict[str, Any]) -> None:
     panels = sorted({(tie_of(e), e["attribute"], e["method"]) for e in entries})
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
     for axis, (tie, attribute, method) in zip(axes[0], panels, strict=True):
-        curves: dict[tuple[int, bool, float, str, str], list[dict]] = {}
+        curves: dict[tuple[int, str, float, str, str, float], list[dict]] = {}
         for e in entries:
             if (tie_of(e), e["attribute"], e["method"]) == (tie, attribute, method):
                 procedure = (
