@@ -4,7 +4,10 @@ Runs the pipeline on the built-in default data into a fresh folder with an empty
 first run on a fresh machine does), and records the wall time, each stage's seconds, the peak
 memory and the run's headline figures.
 
-    python benchmarks/bench_pipeline.py [--preset quick] [--results R.json]
+    python benchmarks/bench_pipeline.py [--preset quick] [--results R.json] [--keep DIR]
+
+``--keep DIR`` runs in a new folder DIR and keeps it (the run in DIR/run, its judges in DIR/cache),
+so that a stage can be rerun on the same generator and data.
 """
 
 import argparse
@@ -14,6 +17,7 @@ import resource
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from common import machine
@@ -29,9 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="quick")
     parser.add_argument("--results", help="default: benchmarks/results/pipeline-PRESET.json")
+    parser.add_argument("--keep", help="a new folder to run in and keep (default: a temporary one)")
     args = parser.parse_args(argv)
     results = Path(args.results or RESULTS / f"pipeline-{args.preset}.json")
-    with tempfile.TemporaryDirectory() as work:
+    if args.keep and Path(args.keep).exists():
+        parser.error(f"--keep {args.keep} exists; give a new folder")
+    with nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as work:
         os.environ["XDG_CACHE_HOME"] = str(Path(work) / "cache")  # no cached judges, as on a fresh machine
         record = {"benchmark": "cfgen pipeline wall time", "command": " ".join(["python", *sys.argv])}
         record["machine"] = machine()

@@ -26,6 +26,7 @@ from PIL import Image
 from cfgen.cli import main
 from cfgen.counterfactuals.generation import staging_dir
 from cfgen.counterfactuals.metrics import evaluate_counterfactuals
+from cfgen.counterfactuals.tuning import reach
 from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
 from cfgen.data.images import load_images
 from cfgen.data.table import read_imagefolder
@@ -44,6 +45,7 @@ from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import CounterfactualPipeline, InversionPath
 from cfgen.generator.training import train_generator
 from cfgen.interventions import parse_intervention, plan_requests
+from cfgen.judges import load_or_train_judges
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -435,11 +437,12 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     for name, scores in inference["selection"]["grid"].items():
         assert len(scores) == 16
         assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)
+        assert all(0 <= s["graded_success"] <= s["success"] and 0 <= s["reach"] <= 1 for s in scores)
         assert {(s["inversion"], s["localize"], s["guidance_start"]) for s in scores} == set(
             product(("ddim", "ddpm"), ("no", "others"), (0.0, 0.5))
         )
         assert all(0 < s["change"] < 1 for s in scores)  # mean absolute pixel change, images in [0, 1]
-        best = max(scores, key=lambda s: (s["success"], -s["change"]))  # ties: the least change
+        best = max(scores, key=lambda s: (s["graded_success"], -s["change"]))  # ties: the least change
         chosen_keys = ("inversion_depth", "guidance", "localize", "inversion", "guidance_start")
         expected = {"steps": 4, **{key: best[key] for key in chosen_keys}}
         assert inference["attributes"][name] == expected
@@ -479,6 +482,26 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert "has no 'holdout' split" in capsys.readouterr().err
     assert cli("tune-inference", *common, "--localize", "yes") == 2
     assert "unknown localize choice 'yes'; choose from no, edit, others" in capsys.readouterr().err
+
+
+def test_reach_grows_with_how_far_an_edit_goes(dataset: Path, judge_cache: Path) -> None:
+    """The tuner's reach: exact colour edits read as their target on more of the way from the source
+    than the same edits taken part of the way, and an unedited copy never does."""
+    table = read_imagefolder(dataset)
+    schema = table.schema("digit")
+    options = {key.removeprefix("judge_"): value for key, value in JUDGE.items()}  # steps, batch_size, images
+    judges = load_or_train_judges(table, schema, judge_cache, **options)
+    rows = np.flatnonzero(table.column("split") == "validation")
+    colours = schema["fg_color"].values
+    targets = [colours[(colours.index(table.column("fg_color")[row]) + 1) % len(colours)] for row in rows]
+    codes = schema["fg_color"].encode(np.array(targets))
+    sources = load_images(table.image_paths[rows], judges.image_format)
+    exact = np.stack([render_counterfactual(dataset, row, {"fg_color": targets[i]}) for i, row in enumerate(rows)])
+    part_way = np.rint(sources + 0.7 * (exact.astype(np.float32) - sources)).astype(np.uint8)
+
+    complete, partial = (reach(judges, "fg_color", sources, edits, codes) for edits in (exact, part_way))
+    assert complete.min() > 0 and (complete >= partial).all() and complete.mean() > partial.mean() + 0.1
+    assert (reach(judges, "fg_color", sources, sources, codes) == 0).all()
 
 
 def background_edits(dataset: Path, generator: Path) -> tuple[CounterfactualPipeline, torch.Tensor, ...]:

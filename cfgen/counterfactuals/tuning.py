@@ -6,11 +6,13 @@ target more often and keeps the rest less often, and what suits a thin stroke do
 background. For every attribute, and every (depth, guidance, guidance start) of a grid, the
 generator edits validation images to a random other value of it; the judges of
 ``evaluate-counterfactuals`` read the edits, and the setting with the most successes wins (the
-target reached and every other judged variable read as on the source image); among equally
-successful settings, the one that changes the source least (mean absolute pixel change), the minimal
-edit: the judges read only the labelled variables, and what no variable names (a bird's colour on a
-new background) should stay too. The grid also holds localized edits
-(``InferenceSettings.localize``: the source kept outside the model's own mask of what the edit
+target reached and every other judged variable read as on the source image), each success weighted
+by how completely the edit reaches its target (``reach``: judges read values, not degrees, so a
+colour that goes two thirds of the way would count as fully as an exact one, and the smaller change
+would win the tie); among equally successful settings, the one that changes the source least (mean
+absolute pixel change), the minimal edit: the judges read only the labelled variables, and what no
+variable names (a bird's colour on a new background) should stay too. The grid also holds localized
+edits (``InferenceSettings.localize``: the source kept outside the model's own mask of what the edit
 changes, or of what the kept variables have no say in) and both inversions (DDIM's and the
 edit-friendly one), so each attribute gets the procedure that works for it. The test split is never
 used: a setting chosen there would flatter every figure measured on it.
@@ -35,6 +37,7 @@ from cfgen.judges import (
     DEFAULT_JUDGE_BATCH_SIZE,
     DEFAULT_JUDGE_IMAGES,
     DEFAULT_JUDGE_STEPS,
+    Judges,
     default_judge_cache,
     load_or_train_judges,
 )
@@ -45,10 +48,23 @@ GUIDANCE = (1.5, 2.0, 3.0, 5.0)
 GUIDANCE_STARTS = (0.0,)  # guidance at every step; InferenceSettings.guidance_start says what a later start does
 DEFAULT_SOURCES = 200
 BATCH = 64  # edits made at once
+REACH_FRACTIONS = np.linspace(0.05, 1.0, 20)  # the points on the way from a source to its edit that reach reads
 CRITERION = (
-    "success: target reached and every other judged variable read as on the source; "
+    "graded success: target reached and every other judged variable read as on the source, weighted by "
+    "the edit's reach (the share of the way from the source to the edit read as the target); "
     "ties: the least mean absolute pixel change"
 )
+
+
+def reach(judges: Judges, name: str, sources: np.ndarray, edits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per edit, the share of the straight way from its source to it (uint8 images) on which the judges
+    read ``name`` as its target code: higher the further an edit goes past the judge's boundary, and
+    0 where the target is never read."""
+    shift = edits.astype(np.float32) - sources.astype(np.float32)
+    read = [
+        judges(np.rint(sources + fraction * shift).astype(np.uint8))[name] == targets for fraction in REACH_FRACTIONS
+    ]
+    return np.mean(read, axis=0)
 
 
 def tune_inference(
@@ -132,6 +148,7 @@ def tune_inference(
             for other, codes in read.items():
                 if other != name:
                     kept &= codes == on_sources[other]
+            reached = reach(judges, name, originals, edits, targets)
             scores.append(
                 {
                     "inversion": inversion,
@@ -142,15 +159,17 @@ def tune_inference(
                     "effectiveness": float(hit.mean()),
                     "kept": float(kept.mean()),
                     "success": float((hit & kept).mean()),
+                    "reach": float(reached[hit].mean()) if hit.any() else 0.0,
+                    "graded_success": float(((hit & kept) * reached).mean()),
                     "change": float(np.abs(edits / 255 - originals / 255).mean()),
                 }
             )
             if progress:
                 where = f"{inversion}, localize {local}, depth {depth}, guidance {weight} from {guidance_start}"
                 print(f"{name}: {where}: " + ", ".join(
-                    f"{key} {scores[-1][key]:.3f}" for key in ("effectiveness", "kept", "success")
+                    f"{key} {scores[-1][key]:.3f}" for key in ("effectiveness", "kept", "success", "graded_success")
                 ), flush=True)  # fmt: skip
-        best = max(scores, key=lambda s: (s["success"], -s["change"]))
+        best = max(scores, key=lambda s: (s["graded_success"], -s["change"]))
         chosen[name] = {
             "steps": steps,
             **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion", "guidance_start")},
