@@ -62,7 +62,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 1,
         "seeds": (0,),
         "sizes": {"train": 160, "validation": 40, "test": 60, "test_anti": 40},
-        "tune": {"sources": 8, "depths": (1.0,), "guidance": (3.0,), "localize": LOCALIZE, "inversions": ("ddpm",)},
+        "tune": {
+            "sources": 8,
+            "depths": (1.0,),
+            "guidance": (3.0,),
+            "guidance_starts": (0.0,),
+            "localize": LOCALIZE,
+            "inversions": ("ddpm",),
+        },
         "soundness_images": 4,
     },
     "quick": {
@@ -78,6 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "sources": 64,
             "depths": (0.6,),
             "guidance": (2.0, 3.0, 5.0),
+            "guidance_starts": (0.0,),
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
         },

@@ -138,4 +138,5 @@ def test_every_preset_names_a_generator_preset_and_every_setting() -> None:
     for name, settings in PRESETS.items():
         assert name in GENERATOR_PRESETS
         assert set(settings) == set(PRESETS["quick"]), name
-        assert set(settings["tune"]) == {"sources", "depths", "guidance", "localize", "inversions"}, name
+        grid = {"depths", "guidance", "guidance_starts", "localize", "inversions"}
+        assert set(settings["tune"]) == {"sources", *grid}, name
