@@ -26,7 +26,7 @@ from PIL import Image
 from cfgen.cli import main
 from cfgen.counterfactuals.generation import staging_dir
 from cfgen.counterfactuals.metrics import evaluate_counterfactuals
-from cfgen.counterfactuals.tuning import reach
+from cfgen.counterfactuals.tuning import REACH_FRACTIONS, reach
 from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
 from cfgen.data.images import load_images
 from cfgen.data.table import read_imagefolder
@@ -438,6 +438,9 @@ def test_settings_chosen_on_validation_are_saved_and_used(
         assert len(scores) == 16
         assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)
         assert all(0 <= s["graded_success"] <= s["success"] and 0 <= s["reach"] <= 1 for s in scores)
+        # an edit the judges read as its target reads so at least at its own end of the way
+        assert all((s["reach"] > 0) == (s["effectiveness"] > 0) for s in scores)
+        assert all(s["graded_success"] >= s["success"] / len(REACH_FRACTIONS) - 1e-9 for s in scores)
         assert {(s["inversion"], s["localize"], s["guidance_start"]) for s in scores} == set(
             product(("ddim", "ddpm"), ("no", "others"), (0.0, 0.5))
         )
