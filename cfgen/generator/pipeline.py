@@ -51,6 +51,10 @@ PIPELINE_INDEX = "model_index.json"
 # clipping of the predicted clean image: it bends the decoding path away from the inverted one (on a
 # briefly trained model it raised the reconstruction error of 20-step inversion from 0.002 to 0.065).
 DDIM_OPTIONS = {"timestep_spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True, "clip_sample": False}
+# The share of decoding steps, least noisy last, in which an edit outside the kept variables' region
+# (``localize="others"``) reaches a pixel into it, to repaint the rim of old values round what is
+# kept; more of the steps let it redraw the shapes too (docs/generator.md, "The rim").
+RIM_STEPS = 0.2
 
 ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | torch.Tensor
 
@@ -223,14 +227,17 @@ class CounterfactualPipeline(DiffusionPipeline):
     def edit_mask(
         self, path: InversionPath, factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
     ) -> torch.Tensor:
-        """(B, 1, H, W), 1 where the edit may change the image, from the model's own predictions along the
-        source's inversion path; no knowledge of the images.
+        """(steps, B, 1, H, W): for each decoding step, noisiest first, 1 where the edit may change the
+        image; from the model's own predictions along the source's inversion path, no knowledge of the
+        images.
 
         ``edit``: where the noise predicted under the target values differs from that under the factual
-        ones, split from the rest by Otsu's threshold (per image) and grown by a pixel. ``others``:
-        everywhere but what the variables the edit keeps have a say in (where forgetting one of them
-        changes the prediction), that region split off likewise; not grown, since the edit must reach
-        the pixels next to it (a grown one left a rim of the old background round every stroke).
+        ones, split from the rest by Otsu's threshold (per image) and grown by a pixel, at every step.
+        ``others``: everywhere but what the variables the edit keeps have a say in (where forgetting one
+        of them changes the prediction), that region split off likewise. Their say spreads a little
+        round what they draw, so the region holds a band of the old values (a rim of the old background
+        round every stroke); it is kept whole while shapes are decided, and for the least noisy
+        ``RIM_STEPS`` of the steps the edit reaches a pixel into it.
         """
         model = self.model
         kept = (target == factual).float()  # (B, V): the variables the edit keeps
@@ -253,8 +260,12 @@ class CounterfactualPipeline(DiffusionPipeline):
         smooth = F.avg_pool2d(influence, 3, stride=1, padding=1, count_include_pad=False)
         region = (smooth > otsu_threshold(smooth)).float()
         if settings.localize == "edit":
-            return F.max_pool2d(region, 3, stride=1, padding=1)
-        return 1 - region
+            grown = F.max_pool2d(region, 3, stride=1, padding=1)
+            return grown.expand(settings.steps, *grown.shape)
+        edit = 1 - region
+        into_rim = F.max_pool2d(edit, 3, stride=1, padding=1)
+        rim_from = settings.steps - round(RIM_STEPS * settings.steps)
+        return torch.stack([edit if step < rim_from else into_rim for step in range(settings.steps)])
 
     @torch.inference_mode()
     def decode(
@@ -267,8 +278,8 @@ class CounterfactualPipeline(DiffusionPipeline):
         """Prediction: from the path's noise to an image under ``target``, guided per attribute from
         ``settings.guidance_start`` on (DDIM, or DDPM's step plus the path's corrections).
 
-        With a ``mask``, each step's result outside it is replaced by the source's latent at the same
-        noise level, so what the edit must not touch ends as it was.
+        With a ``mask`` (``edit_mask``: one per step), each step's result outside it is replaced by the
+        source's latent at the same noise level, so what the edit must not touch ends as it was.
         """
         model = self.model
         sample = path.latents[-1]
@@ -279,7 +290,7 @@ class CounterfactualPipeline(DiffusionPipeline):
             else:
                 sample = self.ddpm_step(eps, t, sample) + path.corrections[step]
             if mask is not None:
-                sample = torch.lerp(path.latents[settings.steps - 1 - step], sample, mask.to(sample.dtype))
+                sample = torch.lerp(path.latents[settings.steps - 1 - step], sample, mask[step].to(sample.dtype))
         return sample
 
     def edit(
