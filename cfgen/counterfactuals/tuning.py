@@ -12,11 +12,11 @@ colour that goes two thirds of the way would count as fully as an exact one, and
 would win the tie); among settings within half an edit of the best (``choose_setting``), the one
 that changes the source least (mean absolute pixel change), the minimal edit: the judges read only
 the labelled variables, and what no variable names (a bird's colour on a new background) should
-stay too. The grid also holds localized
-edits (``InferenceSettings.localize``: the source kept outside the model's own mask of what the edit
-changes, or of what the kept variables have no say in) and both inversions (DDIM's and the
-edit-friendly one), so each attribute gets the procedure that works for it. The test split is never
-used: a setting chosen there would flatter every figure measured on it.
+stay too. The grid also holds localized edits (``InferenceSettings.localize``: the source kept
+outside the model's own mask of what the edit changes, or of what the kept variables have no say
+in) and both inversions (DDIM's and the edit-friendly one), so each attribute gets the procedure
+that works for it. The test split is never used: a setting chosen there would flatter every
+figure measured on it.
 """
 
 from itertools import product

@@ -51,9 +51,10 @@ PIPELINE_INDEX = "model_index.json"
 # clipping of the predicted clean image: it bends the decoding path away from the inverted one (on a
 # briefly trained model it raised the reconstruction error of 20-step inversion from 0.002 to 0.065).
 DDIM_OPTIONS = {"timestep_spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True, "clip_sample": False}
-# The share of decoding steps, least noisy last, in which an edit outside the kept variables' region
-# (``localize="others"``) reaches a pixel into it, to repaint the rim of old values round what is
-# kept; more of the steps let it redraw the shapes too (docs/generator.md, "The rim").
+# The share of decoding steps (the last, least noisy ones) in which an edit outside the kept
+# variables' region (``localize="others"``) reaches a pixel into it, to repaint the rim of old values
+# round what is kept; more of the steps let it redraw the shapes too (docs/generator.md, "The rim
+# round what a background edit keeps").
 RIM_STEPS = 0.2
 
 ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | torch.Tensor
