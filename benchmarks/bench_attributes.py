@@ -40,12 +40,11 @@ from common import load_results, machine
 import cfgen.generator.pipeline
 from cfgen.counterfactuals import evaluate_counterfactuals
 from cfgen.counterfactuals.generation import EXACT, generate_counterfactuals
-from cfgen.counterfactuals.tuning import tune_inference
+from cfgen.counterfactuals.tuning import SETTING_KEYS, tune_inference
 from cfgen.io import write_json
 from cfgen.judges import DEFAULT_JUDGE_STEPS, default_judge_cache
 
 RESULTS = Path(__file__).resolve().parent / "results" / "attributes.json"
-GRID_FIELDS = ("localize", "inversion", "inversion_depth", "guidance", "guidance_start")
 SCORED = ("effectiveness", "kept", "success", "reach", "graded_success", "change")
 
 
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             "grid": grid,
             "chosen": chosen,
             "validation": [
-                {**{key: point[key] for key in GRID_FIELDS}, **{key: round(point[key], 4) for key in SCORED}}
+                {**{key: point[key] for key in SETTING_KEYS}, **{key: round(point[key], 4) for key in SCORED}}
                 for point in inference["selection"]["grid"][attribute]
             ],
             "test": scores(metrics, attribute, "all"),

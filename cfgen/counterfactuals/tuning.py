@@ -49,6 +49,7 @@ GUIDANCE = (1.5, 2.0, 3.0, 5.0)
 GUIDANCE_STARTS = (0.0,)  # guidance at every step; InferenceSettings.guidance_start says what a later start does
 DEFAULT_SOURCES = 200
 BATCH = 64  # edits made at once
+SETTING_KEYS = ("inversion_depth", "guidance", "localize", "inversion", "guidance_start")  # a grid point's setting
 REACH_FRACTIONS = np.linspace(0.05, 1.0, 20)  # the points on the way from a source to its edit that reach reads
 CRITERION = (
     "graded success: target reached and every other judged variable read as on the source, weighted by "
@@ -183,7 +184,7 @@ def tune_inference(
         best = choose_setting(scores, len(requests))
         chosen[name] = {
             "steps": steps,
-            **{key: best[key] for key in ("inversion_depth", "guidance", "localize", "inversion", "guidance_start")},
+            **{key: best[key] for key in SETTING_KEYS},
         }
         grid[name] = scores
     inference = {
