@@ -21,6 +21,7 @@ loop of the same UNet and conditioning, bf16), model FLOPs utilisation, and gene
 
     python benchmarks/bench_generator.py [--preset quick|full|tiny] [--strengths 0.9,0.95,0.99]
         [--methods none,reweight,consistency,reweight+consistency] [--test-size 300] [--threads 1]
+        [--train-seconds S]   (CUDA: a long preset's training cut to about S seconds)
 
 Runnable in parts: entries merge into benchmarks/results/generator-PRESET.json (an entry of the same
 strength and method is replaced; a change of settings starts the file afresh). Datasets, trained
@@ -86,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", help="default: benchmarks/results/generator-PRESET.json")
     parser.add_argument("--threads", type=int, help="torch threads (1 is faster on a busy 2-core machine)")
     parser.add_argument("--skip-throughput", action="store_true", help="skip the CUDA throughput measurements")
+    parser.add_argument(
+        "--train-seconds",
+        type=float,
+        help="CUDA: train each generator for about this long at the throughput measured first (at most the "
+        "preset's steps), so that a time-limited GPU lease can hold a run of a long preset",
+    )
     args = parser.parse_args(argv)
     args.strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -115,12 +122,14 @@ def prepare_data(
 
 def train(work: Path, data: Path, strength: float, method: str, args: argparse.Namespace) -> tuple[Path, float | None]:
     """A trained generator (reused from --work when it was trained the same way) and the seconds it took."""
-    out = work / f"gen-{args.preset}-{strength}-{method}"
+    out = work / f"gen-{args.preset}-{args.training_steps}-{strength}-{method}"
     timing = out / "bench_train_seconds.txt"
-    if not args.retrain and trained_on(out, data, args.preset):
+    if not args.retrain and args.training_steps == PRESETS[args.preset]["steps"] and trained_on(out, data, args.preset):
         return out, float(timing.read_text()) if timing.is_file() else None
     started = time.perf_counter()
-    train_generator(data, out, preset=args.preset, deconfound=METHODS[method], seed=0, overwrite=True)
+    train_generator(
+        data, out, preset=args.preset, steps=args.training_steps, deconfound=METHODS[method], seed=0, overwrite=True
+    )
     seconds = time.perf_counter() - started
     timing.write_text(f"{seconds:.1f}\n")
     return out, seconds
@@ -142,7 +151,9 @@ def evaluate(work: Path, data: Path, exact: Path, generator: Path, args: argpars
     return {"metrics": metrics, "generation_seconds": seconds, "generation_settings": settings}
 
 
-def entry(strength: float, method: str, result: dict[str, Any], train_seconds: float | None) -> dict[str, Any]:
+def entry(
+    strength: float, method: str, result: dict[str, Any], training_steps: int, train_seconds: float | None
+) -> dict[str, Any]:
     metrics = result["metrics"]
 
     def scores(group: str) -> dict[str, Any]:
@@ -168,6 +179,7 @@ def entry(strength: float, method: str, result: dict[str, Any], train_seconds: f
         "rare": scores("rare"),
         "all": scores("all"),
         "judge_accuracy_on_sources": metrics["judge_accuracy_on_sources"],
+        "training_steps": training_steps,
         "train_seconds": None if train_seconds is None else round(train_seconds, 1),
         "generation_images_per_second": round(rows / result["generation_seconds"], 2),
         "generation": {k: result["generation_settings"].get(k) for k in ("steps", "inversion_depth", "guidance")},
@@ -291,11 +303,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    measure_throughput = torch.cuda.is_available() and not args.skip_throughput
+    if args.train_seconds and not measure_throughput:
+        sys.exit("--train-seconds needs a GPU (it sets the steps from the CUDA throughput) and no --skip-throughput")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    args.training_steps = PRESETS[args.preset]["steps"]
+    speed = None
+    if measure_throughput:  # first, so that --train-seconds can use it
+        speed = throughput(prepare_data(work, args.strengths[0], args)[0], args)
+        if args.train_seconds:
+            images = args.train_seconds * speed["cfgen_training_images_per_second"]
+            args.training_steps = min(args.training_steps, int(images / speed["batch_size"]))
     settings = {
         "preset": args.preset,
         "recipe": preset_recipe(args.preset),
+        "training_steps": args.training_steps,
         "train_size": args.train_size,
         "test_size": args.test_size,
         "intervention": INTERVENTION,
@@ -309,23 +332,22 @@ def main(argv: list[str] | None = None) -> None:
     results = load_results(args.results, settings, "generator: colour edits on colored digits")
     results["machine"] = machine()
     results["commands"] = [*results.get("commands", []), " ".join(["python", *sys.argv])]
-    data = None
+    if speed is not None:
+        results["throughput"] = speed
+        write_json(args.results, results)
+        print(json.dumps(speed, indent=2))
     for strength in args.strengths:
         data, exact = prepare_data(work, strength, args)
         for method in args.methods:
             generator, seconds = train(work, data, strength, method, args)
-            item = entry(strength, method, evaluate(work, data, exact, generator, args), seconds)
-            results["entries"][f"{strength}|{method}"] = item
+            result = evaluate(work, data, exact, generator, args)
+            results["entries"][f"{strength}|{method}"] = entry(strength, method, result, args.training_steps, seconds)
             results["targets"] = targets(results["entries"])
             write_json(args.results, results)
-            print(table({"entries": {f"{strength}|{method}": item}, "targets": results["targets"]}).splitlines()[-1])
-    if torch.cuda.is_available() and not args.skip_throughput and data is not None:
-        results["throughput"] = throughput(data, args)
-        write_json(args.results, results)
+            print(table({"entries": {f"{strength}|{method}": results["entries"][f"{strength}|{method}"]},
+                         "targets": results["targets"]}).splitlines()[-1])  # fmt: skip
     print()
     print(table(results))
-    if "throughput" in results:
-        print(json.dumps(results["throughput"], indent=2))
     print(f"wrote {args.results}")
 
 

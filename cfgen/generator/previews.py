@@ -70,6 +70,7 @@ def preview_grid(
     rows = [(images, captions(schema.label.name, conditions), "source"),
             (pipeline.decode(path, conditions, InferenceSettings()), [""] * len(images), "reconstruction")]  # fmt: skip
     for name, target in edits:
+        target = target.to(conditions.device)
         edited = pipeline.decode(path, target, InferenceSettings(guidance={name: DEFAULT_GUIDANCE}))
         rows.append((edited, captions(name, target), f"edit {name}"))
     cells = [list(zip(to_uint8(tiles), texts, strict=True)) for tiles, texts, _ in rows]
