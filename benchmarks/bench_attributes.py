@@ -13,13 +13,16 @@ as independence would make them: for the colour the digit is tied to, nearly all
 ``others`` mask) reaches into the rim round what it keeps (``cfgen.generator.pipeline.RIM_STEPS``;
 0: none, as before it existed), to measure what the rim steps buy at equal settings.
 
+``--holds W`` lets the tuner try, at the best point of the grid, holding every variable the edit
+keeps (guidance of weight W toward its source value), as the standard preset's grid does.
+
 Targets on the standard preset's generator: background edits effectiveness >= 0.95 with the digit
 and the stroke colour kept on >= 0.95; thickness edits effectiveness >= 0.90 with digit agreement
 >= 0.90.
 
     python benchmarks/bench_attributes.py --run RUN --attributes bg_color --localize others --depths 1.0
         [--guidance 2,3] [--guidance-starts 0] [--sources 100] [--test-images 500] [--judge-cache DIR]
-        [--rim-steps F] [--results R.json]
+        [--holds W] [--rim-steps F] [--results R.json]
 
 Writes benchmarks/results/attributes.json (or --results); one entry per attribute (and rim share other than the
 default), replaced when measured again.
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rim-steps", type=float, default=cfgen.generator.pipeline.RIM_STEPS, help="an ablation: 0 for none"
     )
+    parser.add_argument("--holds", default="", help="hold weights tried at the grid's best point (default: none)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         "depths": tuple(numbers(args.depths)),
         "guidance": tuple(numbers(args.guidance)),
         "guidance_starts": tuple(numbers(args.guidance_starts)),
+        "holds": tuple(numbers(args.holds)),
     }
     settings = {"run": str(run), "steps": args.steps, "sources": args.sources, "test_images": args.test_images}
     results_file = Path(args.results)

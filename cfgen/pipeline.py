@@ -50,7 +50,8 @@ from cfgen.runtime import resolve_mixed_precision
 # guidance starts, masks, inversions) that choose each edited attribute's inference settings (cfgen
 # tune-inference); every preset but full tries the edit-friendly inversion alone (it measured better
 # on every attribute), and only standard and full try guidance from 60% of the steps (it pays on a
-# well-trained model), to stay within the budget: the grid is edited image by image, so its size is time.
+# well-trained model), and only tiny, standard and full then try holding what the edit keeps at the grid's
+# best point, to stay within the budget: the grid is edited image by image, so its size is time.
 # soundness_images: edits whose composition and reversibility are measured (each 11 times).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -67,6 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "depths": (1.0,),
             "guidance": (3.0,),
             "guidance_starts": (0.0,),
+            "holds": (1.0,),
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
         },
@@ -86,6 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "depths": (0.6,),
             "guidance": (2.0, 3.0, 5.0),
             "guidance_starts": (0.0,),
+            "holds": (),
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
         },
@@ -105,6 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "depths": (0.6, 1.0),
             "guidance": (2.0, 3.0, 5.0),
             "guidance_starts": (0.0, 0.6),
+            "holds": (1.0,),
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
         },
@@ -124,6 +128,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "depths": DEPTHS,
             "guidance": GUIDANCE,
             "guidance_starts": (0.0, 0.6),
+            "holds": (1.0, 2.0),
             "localize": LOCALIZE,
             "inversions": INVERSIONS,
         },
@@ -410,8 +415,8 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
         return ["The data have no validation split: edits use the default inference settings.", ""]
     chosen = "; ".join(
         f"{name}: {LOCALIZED[saved_localize(s['localize'])]}, {s.get('inversion', 'ddim').upper()} inversion "
-        f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s.get('guidance_start', 0.0))}, "
-        f"{s['steps']} steps"
+        f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s.get('guidance_start', 0.0))}"
+        f"{_held(s.get('hold', 0.0))}, {s['steps']} steps"
         for name, s in inference.items()
     )
     return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {chosen}.", ""]
@@ -419,6 +424,10 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
 
 def _late(guidance_start: float) -> str:
     return f" from {guidance_start:.0%} of the steps on" if guidance_start else ""
+
+
+def _held(hold: float) -> str:
+    return f", every other variable held at guidance {hold:g}" if hold else ""
 
 
 def _pairing_note(sources: int | None) -> list[str]:

@@ -43,7 +43,7 @@ from cfgen.datasets.colored_mnist.rendering import (
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import InferenceSettings, otsu_threshold, parse_guidance, settings_for
 from cfgen.generator.model import Generator
-from cfgen.generator.pipeline import RIM_STEPS, CounterfactualPipeline, InversionPath
+from cfgen.generator.pipeline import RIM_STEPS, CounterfactualPipeline, InversionPath, store_inference
 from cfgen.generator.training import train_generator
 from cfgen.interventions import parse_intervention, plan_requests
 from cfgen.judges import load_or_train_judges
@@ -427,7 +427,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     shutil.copytree(generator, tuned)
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
     grid = ["--depths", "0.4,1.0", "--guidance", "6", "--guidance-starts", "0,0.5", "--localize", "no,others",
-            "--inversions", "ddim,ddpm", "--ddim-steps", "4", "--sources", "3", *judge]  # fmt: skip
+            "--inversions", "ddim,ddpm", "--holds", "2", "--ddim-steps", "4", "--sources", "3", *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
@@ -436,7 +436,12 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
     assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 3
     for name, scores in inference["selection"]["grid"].items():
-        assert len(scores) == 16
+        assert len(scores) == 17
+        # the grid without holding, then the hold tried at its best point
+        grid_points, held = scores[:16], scores[16]
+        assert all(s["hold"] == 0 for s in grid_points)
+        best = choose_setting(grid_points, 3)
+        assert held == {**held, **{key: best[key] for key in SETTING_KEYS}, "hold": 2.0}
         assert all(s["success"] <= min(s["effectiveness"], s["kept"]) for s in scores)
         assert all(0 <= s["graded_success"] <= s["success"] and 0 <= s["reach"] <= 1 for s in scores)
         # an edit the judges read as its target reads so at least at its own end of the way
@@ -458,7 +463,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert cli(*edit, "--out", str(out)) == 0
     used = json.loads((out / "run.json").read_text())["config"]
     assert (used["steps"], used["inversion_depth"]) == (4, chosen["inversion_depth"])
-    assert used["guidance"] == {"fg_color": chosen["guidance"]}
+    held = {name: chosen["hold"] for name in ("digit", "bg_color", "thickness")} if chosen["hold"] else {}
+    assert used["guidance"] == {"fg_color": chosen["guidance"], **held}
     assert (used["localize"], used["inversion"]) == (chosen["localize"], chosen["inversion"])
     assert used["guidance_start"] == chosen["guidance_start"]
     assert cli(*edit, "--inversion-depth", "0.5", "--out", str(tmp_path / "cf2")) == 0
@@ -470,7 +476,9 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     joint = settings_for(Generator.load(tuned), ("fg_color", "thickness"))
     thickness = inference["attributes"]["thickness"]
     assert joint.inversion_depth == max(chosen["inversion_depth"], thickness["inversion_depth"])
-    assert joint.guidance == {"fg_color": chosen["guidance"], "thickness": thickness["guidance"]}
+    hold = max(chosen["hold"], thickness["hold"])
+    held = {name: hold for name in ("digit", "bg_color")} if hold else {}
+    assert joint.guidance == {"fg_color": chosen["guidance"], "thickness": thickness["guidance"], **held}
     assert joint.localize == ("others" if "others" in (chosen["localize"], thickness["localize"]) else "no")
     assert joint.inversion == ("ddpm" if "ddpm" in (chosen["inversion"], thickness["inversion"]) else "ddim")
     assert joint.guidance_start == min(chosen["guidance_start"], thickness["guidance_start"])
@@ -485,6 +493,26 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert "has no 'holdout' split" in capsys.readouterr().err
     assert cli("tune-inference", *common, "--localize", "yes") == 2
     assert "unknown localize choice 'yes'; choose from no, edit, others" in capsys.readouterr().err
+    assert cli("tune-inference", *common, "--holds", "0") == 2
+    assert "hold weights must be positive numbers, not 0.0" in capsys.readouterr().err
+
+
+def test_a_saved_hold_guides_every_variable_the_edit_keeps(generator: Path, tmp_path: Path) -> None:
+    """A hold chosen for an attribute becomes guidance toward the source values of every other variable,
+    in joint edits too (the strongest hold of theirs), and a --guidance given replaces it."""
+    held = tmp_path / "gen"
+    shutil.copytree(generator, held)
+    chosen = {"steps": 4, "inversion_depth": 0.6, "guidance": 5.0, "localize": "edit", "inversion": "ddpm",
+              "guidance_start": 0.0}  # fmt: skip
+    attributes = {"thickness": {**chosen, "hold": 1.5}, "fg_color": {**chosen, "guidance": 3.0, "hold": 0.0}}
+    store_inference(held, {"attributes": attributes, "selection": {}})
+    model = Generator.load(held)
+    assert settings_for(model, ("thickness",)).guidance == {"thickness": 5.0, "digit": 1.5, "fg_color": 1.5,
+                                                             "bg_color": 1.5}  # fmt: skip
+    assert settings_for(model, ("fg_color",)).guidance == {"fg_color": 3.0}
+    assert settings_for(model, ("fg_color", "thickness")).guidance == {"fg_color": 3.0, "thickness": 5.0,
+                                                                        "digit": 1.5, "bg_color": 1.5}  # fmt: skip
+    assert settings_for(model, ("thickness",), guidance="4").guidance == {"thickness": 4.0}
 
 
 def test_reach_grows_with_how_far_an_edit_goes(dataset: Path, judge_cache: Path) -> None:

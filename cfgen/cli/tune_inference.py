@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from cfgen.cli.options import add_format_argument, add_renamed
-from cfgen.counterfactuals.tuning import DEFAULT_SOURCES, DEPTHS, GUIDANCE, GUIDANCE_STARTS, tune_inference
+from cfgen.counterfactuals.tuning import DEFAULT_SOURCES, DEPTHS, GUIDANCE, GUIDANCE_STARTS, HOLDS, tune_inference
 from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.judges import (
@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default %(default)s)",
     )
     parser.add_argument(
+        "--holds",
+        type=_numbers,
+        default=HOLDS,
+        help="guidance weights toward the source values of every variable an edit keeps, tried at the best point "
+        "of the rest of the grid (default: none)",
+    )
+    parser.add_argument(
         "--localize",
         type=_names,
         default=LOCALIZE,
@@ -74,13 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     inference = tune_inference(
         args.generator, args.data, args.split, args.attributes, args.depths, args.guidance,
-        args.localize, args.steps, args.inversions, args.guidance_starts,
+        args.localize, args.steps, args.inversions, args.guidance_starts, args.holds,
         args.sources, args.judge_steps, args.judge_batch_size, args.judge_images, args.judge_cache,
         args.mixed_precision, args.seed, progress=True, data_format=args.format,
         resize=args.resize,
     )  # fmt: skip
     for name, settings in inference["attributes"].items():
         print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, guidance "
-              f"{settings['guidance']} from {settings['guidance_start']}, {settings['steps']} steps, "
-              f"localize {settings['localize']}")  # fmt: skip
+              f"{settings['guidance']} from {settings['guidance_start']}, holding the rest at {settings['hold']}, "
+              f"{settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

@@ -115,12 +115,17 @@ def settings_for(
     A joint edit of attributes tuned apart inverts as deep and takes as many steps as the most
     demanding of them needs, guides each attribute with its own weight from the earliest step any of
     them is guided, and is localized (or inverted edit-friendly) when any of them is (masks of two
-    kinds: `others`). Settings saved before the inversion was a choice were chosen with DDIM's.
+    kinds: `others`); the variables none of them edits are held with the strongest hold saved for
+    them (guidance toward their source values), unless ``guidance`` is given. Settings saved before
+    the inversion was a choice were chosen with DDIM's.
     """
     chosen = generator.inference.get("attributes", {})
     tuned = [chosen[name] for name in intervened if name in chosen]
     if guidance is None:
         weights = {name: chosen.get(name, {}).get("guidance", DEFAULT_GUIDANCE) for name in intervened}
+        hold = max((t.get("hold", 0.0) for t in tuned), default=0.0)
+        if hold:
+            weights |= {name: hold for name in generator.schema.names if name not in intervened}
     else:
         weights = parse_guidance(guidance, generator.schema, intervened)
     return InferenceSettings(
