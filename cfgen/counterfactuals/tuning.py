@@ -149,7 +149,7 @@ def tune_inference(
     on_sources = judges(load_images(table.image_paths[rows], judges.image_format))
     precision = resolve_mixed_precision(mixed_precision)
 
-    def score(name: str, requests: list[Request], point: dict[str, Any]) -> dict[str, Any]:
+    def score(name: str, requests: list[Request], originals: np.ndarray, point: dict[str, Any]) -> dict[str, Any]:
         """The validation edits of ``name`` at one grid point (``SETTING_KEYS``), read by the judges."""
         held = {other: point["hold"] for other in schema.names if other != name} if point["hold"] else {}
         settings = InferenceSettings(
@@ -157,7 +157,6 @@ def tune_inference(
             point["inversion"], point["guidance_start"],
         )  # fmt: skip
         targets = schema[name].encode(np.array([request.target[name] for request in requests]))
-        originals = load_images(table.image_paths[[request.row for request in requests]], model.image_format)
         source = GeneratorSource(model, folder, settings, precision)
         batches = [requests[start : start + BATCH] for start in range(0, len(requests), BATCH)]
         edits = np.concatenate([source.make(table, batch) for batch in batches])
@@ -183,16 +182,18 @@ def tune_inference(
             ), flush=True)  # fmt: skip
         return scored
 
+    grid_points = [  # held at none: a hold is tried at the best of them
+        dict(zip(SETTING_KEYS, (depth, weight, local, inversion, start, 0.0), strict=True))
+        for inversion, local, depth, weight, start in product(inversions, localize, depths, guidance, guidance_starts)
+    ]
     chosen, grid = {}, {}
     for name in attributes:
         requests = plan_requests(table, schema, Intervention(((name, RANDOM),)), seed=seed, rows=rows.tolist())
-        points = product(inversions, localize, depths, guidance, guidance_starts)
-        scores = [
-            score(name, requests, dict(zip(SETTING_KEYS, (depth, weight, local, inversion, start, 0.0), strict=True)))
-            for inversion, local, depth, weight, start in points
-        ]
+        originals = load_images(table.image_paths[[request.row for request in requests]], model.image_format)
+        scores = [score(name, requests, originals, point) for point in grid_points]
         best = choose_setting(scores, len(requests))
-        scores += [score(name, requests, {**{key: best[key] for key in SETTING_KEYS}, "hold": hold}) for hold in holds]
+        held = [{**{key: best[key] for key in SETTING_KEYS}, "hold": hold} for hold in holds]
+        scores += [score(name, requests, originals, point) for point in held]
         best = choose_setting(scores, len(requests))
         chosen[name] = {
             "steps": steps,
