@@ -314,11 +314,12 @@ def main(argv: list[str] | None = None) -> None:
         speed = throughput(prepare_data(work, args.strengths[0], args)[0], args)
         if args.train_seconds:
             images = args.train_seconds * speed["cfgen_training_images_per_second"]
-            args.training_steps = min(args.training_steps, int(images / speed["batch_size"]))
+            args.training_steps = min(args.training_steps, max(1, int(images / speed["batch_size"])))
     settings = {
         "preset": args.preset,
         "recipe": preset_recipe(args.preset),
-        "training_steps": args.training_steps,
+        # only a cut preset's steps: they follow a measured throughput, so a run of them starts the file afresh
+        **({"training_steps": args.training_steps} if args.training_steps != PRESETS[args.preset]["steps"] else {}),
         "train_size": args.train_size,
         "test_size": args.test_size,
         "intervention": INTERVENTION,

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> None:
         resize=args.resize,
     )  # fmt: skip
     for name, settings in inference["attributes"].items():
-        print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, guidance "
-              f"{settings['guidance']} from {settings['guidance_start']}, holding the rest at {settings['hold']}, "
-              f"{settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
+        # attributes tuned before (kept in the record) may predate the inversion, start and hold choices
+        print(f"{name}: {settings.get('inversion', 'ddim')} inversion to depth {settings['inversion_depth']}, "
+              f"guidance {settings['guidance']} from {settings.get('guidance_start', 0.0)}, holding the rest at "
+              f"{settings.get('hold', 0.0)}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

@@ -136,7 +136,8 @@ def tune_inference(
             "to choose from"
         )
     if not all(hold > 0 and np.isfinite(hold) for hold in holds):
-        raise CfgenError(f"hold weights must be positive numbers, not {', '.join(map(str, holds))}")
+        bad = next(hold for hold in holds if not (hold > 0 and np.isfinite(hold)))
+        raise CfgenError(f"hold weights must be positive numbers, not {bad}")
     for given, valid, what in ((inversions, INVERSIONS, "inversion"), (localize, LOCALIZE, "localize choice")):
         unknown = [name for name in given if name not in valid]
         if unknown:
@@ -193,8 +194,9 @@ def tune_inference(
         scores = [score(name, requests, originals, point) for point in grid_points]
         best = choose_setting(scores, len(requests))
         held = [{**{key: best[key] for key in SETTING_KEYS}, "hold": hold} for hold in holds]
-        scores += [score(name, requests, originals, point) for point in held]
-        best = choose_setting(scores, len(requests))
+        held_scores = [score(name, requests, originals, point) for point in held]
+        scores += held_scores
+        best = choose_setting([best, *held_scores], len(requests))  # the grid's best, held or not
         chosen[name] = {
             "steps": steps,
             **{key: best[key] for key in SETTING_KEYS},
