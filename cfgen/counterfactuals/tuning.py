@@ -33,7 +33,7 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.images import load_images
 from cfgen.data.table import SPLIT_COLUMN
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, InferenceSettings
+from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, InferenceSettings, held_guidance
 from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import store_inference
 from cfgen.interventions import RANDOM, Intervention, Request, plan_requests
@@ -135,9 +135,9 @@ def tune_inference(
             "give at least one inversion depth, guidance weight, guidance start, localize choice and inversion "
             "to choose from"
         )
-    if not all(hold > 0 and np.isfinite(hold) for hold in holds):
-        bad = next(hold for hold in holds if not (hold > 0 and np.isfinite(hold)))
-        raise CfgenError(f"hold weights must be positive numbers, not {bad}")
+    bad = [hold for hold in holds if not (hold > 0 and np.isfinite(hold))]
+    if bad:
+        raise CfgenError(f"hold weights must be positive numbers, not {bad[0]}")
     for given, valid, what in ((inversions, INVERSIONS, "inversion"), (localize, LOCALIZE, "localize choice")):
         unknown = [name for name in given if name not in valid]
         if unknown:
@@ -150,14 +150,14 @@ def tune_inference(
     on_sources = judges(load_images(table.image_paths[rows], judges.image_format))
     precision = resolve_mixed_precision(mixed_precision)
 
-    def score(name: str, requests: list[Request], originals: np.ndarray, point: dict[str, Any]) -> dict[str, Any]:
+    def score(
+        name: str, requests: list[Request], targets: np.ndarray, originals: np.ndarray, point: dict[str, Any]
+    ) -> dict[str, Any]:
         """The validation edits of ``name`` at one grid point (``SETTING_KEYS``), read by the judges."""
-        held = {other: point["hold"] for other in schema.names if other != name} if point["hold"] else {}
+        weights = {name: point["guidance"], **held_guidance(schema, [name], point["hold"])}
         settings = InferenceSettings(
-            steps, point["inversion_depth"], {name: point["guidance"], **held}, point["localize"],
-            point["inversion"], point["guidance_start"],
-        )  # fmt: skip
-        targets = schema[name].encode(np.array([request.target[name] for request in requests]))
+            steps, point["inversion_depth"], weights, point["localize"], point["inversion"], point["guidance_start"]
+        )
         source = GeneratorSource(model, folder, settings, precision)
         batches = [requests[start : start + BATCH] for start in range(0, len(requests), BATCH)]
         edits = np.concatenate([source.make(table, batch) for batch in batches])
@@ -190,11 +190,12 @@ def tune_inference(
     chosen, grid = {}, {}
     for name in attributes:
         requests = plan_requests(table, schema, Intervention(((name, RANDOM),)), seed=seed, rows=rows.tolist())
+        targets = schema[name].encode(np.array([request.target[name] for request in requests]))
         originals = load_images(table.image_paths[[request.row for request in requests]], model.image_format)
-        scores = [score(name, requests, originals, point) for point in grid_points]
+        scores = [score(name, requests, targets, originals, point) for point in grid_points]
         best = choose_setting(scores, len(requests))
         held = [{**{key: best[key] for key in SETTING_KEYS}, "hold": hold} for hold in holds]
-        held_scores = [score(name, requests, originals, point) for point in held]
+        held_scores = [score(name, requests, targets, originals, point) for point in held]
         scores += held_scores
         best = choose_setting([best, *held_scores], len(requests))  # the grid's best, held or not
         chosen[name] = {

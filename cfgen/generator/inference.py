@@ -99,6 +99,12 @@ def parse_guidance(text: str | None, schema: Schema, intervened: Sequence[str]) 
     return weights
 
 
+def held_guidance(schema: Schema, edited: Sequence[str], hold: float) -> dict[str, float]:
+    """Guidance of weight ``hold`` toward their source values on every variable an edit of ``edited``
+    keeps (none for a hold of 0)."""
+    return {name: hold for name in schema.names if name not in edited} if hold else {}
+
+
 def settings_for(
     generator: Generator,
     intervened: Sequence[str],
@@ -123,9 +129,7 @@ def settings_for(
     tuned = [chosen[name] for name in intervened if name in chosen]
     if guidance is None:
         weights = {name: chosen.get(name, {}).get("guidance", DEFAULT_GUIDANCE) for name in intervened}
-        hold = max((t.get("hold", 0.0) for t in tuned), default=0.0)
-        if hold:
-            weights |= {name: hold for name in generator.schema.names if name not in intervened}
+        weights |= held_guidance(generator.schema, intervened, max((t.get("hold", 0.0) for t in tuned), default=0.0))
     else:
         weights = parse_guidance(guidance, generator.schema, intervened)
     return InferenceSettings(
