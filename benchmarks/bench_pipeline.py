@@ -4,7 +4,7 @@ Runs the pipeline on the built-in default data into a fresh folder with an empty
 first run on a fresh machine does), and records the wall time, each stage's seconds, the peak
 memory and the run's headline figures.
 
-    python benchmarks/bench_pipeline.py [--preset quick] [--results R.json] [--keep DIR]
+    python benchmarks/bench_pipeline.py [--preset quick] [--seed 0] [--results R.json] [--keep DIR]
 
 ``--keep DIR`` runs in a new folder DIR and keeps it (the run in DIR/run, its judges in DIR/cache),
 so that a stage can be rerun on the same generator and data.
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default="quick")
     parser.add_argument("--results", help="default: benchmarks/results/pipeline-PRESET.json")
     parser.add_argument("--keep", help="a new folder to run in and keep (default: a temporary one)")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed: data, generator, classifiers")
     args = parser.parse_args(argv)
     results = Path(args.results or RESULTS / f"pipeline-{args.preset}.json")
     if args.keep and Path(args.keep).exists():
@@ -43,11 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         record = {"benchmark": "cfgen pipeline wall time", "command": " ".join(["python", *sys.argv])}
         record["machine"] = machine()
         started = time.perf_counter()
-        run = run_pipeline(Path(work) / "run", preset=args.preset)
+        run = run_pipeline(Path(work) / "run", preset=args.preset, seed=args.seed)
         seconds = time.perf_counter() - started
         metrics = json.loads((run / "metrics.json").read_text())
     record |= {
         "preset": args.preset,
+        "seed": args.seed,
         "wall_seconds": round(seconds, 1),
         "budget_seconds": BUDGET_SECONDS,
         "within_budget": seconds <= BUDGET_SECONDS,

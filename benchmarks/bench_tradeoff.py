@@ -27,10 +27,10 @@ them; for an attribute untied to the digit, where few edits are rare, every edit
         [--methods reweight] [--recipes quick,low-noise-x3]
         [--train-steps 400,1000] [--localize no,edit,others] [--inversions ddim,ddpm]
         [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5] [--guidance-starts 0,0.5]
-        [--test-size 200] [--threads 2]
+        [--test-size 200] [--threads 2] [--results R.json] [--figure F.png]
 
-Writes benchmarks/results/generator-tradeoff.json and docs/generator-tradeoff.png; entries merge,
-generators and judges are kept under --work and reused.
+Writes benchmarks/results/generator-tradeoff.json and docs/generator-tradeoff.png (or --results and
+--figure); entries merge, generators and judges are kept under --work and reused.
 """
 
 import argparse
@@ -64,11 +64,20 @@ from cfgen.judges import DEFAULT_JUDGE_STEPS, JUDGES_VERSION
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "generator-tradeoff.json"
 FIGURE = ROOT / "docs" / "generator-tradeoff.png"
-# Training options on top of the quick preset; "quick" is the preset itself.
 DEFAULT_TIE = ":".join(COLOUR_TIE)
+# Training options on top of the quick preset; "quick" is the preset itself. Until 2026-11-30 its
+# learning rate was 1e-3 (lr-1e-3), and the figures in docs/generator.md measured before then used it.
 RECIPES: dict[str, dict[str, Any]] = {
     "quick": {},
-    "low-noise-x3": {"timestep_bias_multiplier": 3.0, "timestep_bias_portion": 0.6},
+    "low-noise-x3": {"timestep_bias_multiplier": 3.0, "timestep_bias_portion": 0.6, "learning_rate": 1e-3},
+    "lr-1e-3": {"learning_rate": 1e-3},
+    "lr-1e-3-no-ema": {"learning_rate": 1e-3, "ema_decay": 0.0},
+    "lr-2e-3": {"learning_rate": 2e-3},
+    "lr-2e-3-no-ema": {"learning_rate": 2e-3, "ema_decay": 0.0},
+    "lr-3e-3-cosine": {"learning_rate": 3e-3, "lr_schedule": "cosine"},
+    "lr-5e-3": {"learning_rate": 5e-3},
+    "lr-5e-3-cosine": {"learning_rate": 5e-3, "lr_schedule": "cosine"},
+    "batch-32": {"batch_size": 32},
 }
 
 
@@ -95,6 +104,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cfgen-bench-generator"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"default: {RESULTS.relative_to(ROOT)}")
+    parser.add_argument("--figure", type=Path, default=FIGURE, help=f"default: {FIGURE.relative_to(ROOT)}")
     parser.add_argument("--plot-only", action="store_true", help="draw the figure from the results file")
     args = parser.parse_args()
     args.methods = [m for m in args.methods.split(",") if m]
@@ -165,7 +176,7 @@ def tie_of(entry: dict[str, Any]) -> str:
     return entry.get("tie", DEFAULT_TIE)
 
 
-def plot(results: dict[str, Any]) -> None:
+def plot(results: dict[str, Any], path: Path) -> None:
     entries = list(results["entries"].values())
     panels = sorted({(tie_of(e), e["attribute"], e["method"]) for e in entries})
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
@@ -205,8 +216,8 @@ def plot(results: dict[str, Any]) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
-    FIGURE.parent.mkdir(exist_ok=True)
-    figure.savefig(FIGURE, dpi=120)
+    path.parent.mkdir(exist_ok=True)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
@@ -217,9 +228,9 @@ def main() -> None:
         "strength": args.strength, "train_size": args.train_size, "test_size": args.test_size,
         "ddim_steps": args.ddim_steps, "judge_steps": args.judge_steps, "judges_version": JUDGES_VERSION,
     }  # fmt: skip
-    results = load_results(RESULTS, settings, "generator: effectiveness vs preservation over inference settings")
+    results = load_results(args.results, settings, "generator: effectiveness vs preservation over inference settings")
     if args.plot_only:
-        plot(results)
+        plot(results, args.figure)
         return
     results["machine"] = machine()
     results["commands"] = [*results.get("commands", []), " ".join(["python", *sys.argv])]
@@ -267,7 +278,7 @@ def main() -> None:
                     f"{start_key}"
                 )
                 results["entries"][key] = item
-                write_json(RESULTS, results)
+                write_json(args.results, results)
                 rare = item[headline]
                 print(
                     f"{tie} tied, {attribute}, {method} {recipe} {steps} steps, {inversion}, localize {local}, "
@@ -280,8 +291,8 @@ def main() -> None:
                     flush=True,
                 )
                 shutil.rmtree(out)
-            plot(results)
-    print(f"wrote {RESULTS} and {FIGURE}")
+            plot(results, args.figure)
+    print(f"wrote {args.results} and {args.figure}")
 
 
 if __name__ == "__main__":

@@ -59,3 +59,16 @@ def tensorboard_scalars(folder: Path, kind: str = "scalars") -> set[str]:
         events.Reload()
         tags |= set(events.Tags()[kind])
     return tags
+
+
+def tensorboard_values(folder: Path, tag: str) -> list[float]:
+    """The logged values of scalar ``tag`` under ``folder``, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = []
+    for directory in {path.parent for path in folder.rglob("events.out.tfevents.*")}:
+        events = EventAccumulator(str(directory))
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            scalars += events.Scalars(tag)
+    return [scalar.value for scalar in sorted(scalars, key=lambda scalar: scalar.step)]

@@ -3,6 +3,7 @@ checkpoints resume, outputs are protected, and two processes produce one generat
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tensorboard_scalars, write_folder
+from conftest import tensorboard_scalars, tensorboard_values, write_folder
 from safetensors.torch import load_file
 
 from cfgen.cli.train_generator import add_arguments, config_from_args
@@ -255,6 +256,9 @@ def test_report_to_none_logs_nothing(dataset: Path, tmp_path: Path):
 def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Path):
     interrupted = tmp_path / "gen"
     shutil.copytree(trained, interrupted)
+    stored = json.loads((interrupted / "training_config.json").read_text())
+    del stored["lr_schedule"]  # as a run stored before the option existed, which used a constant rate
+    (interrupted / "training_config.json").write_text(json.dumps(stored))
     (interrupted / CONFIG_FILE).unlink()  # as if stopped after the checkpoint at step 2
     shutil.rmtree(interrupted / "checkpoints" / "checkpoint-4")
     judges = (interrupted / "judges" / "model.safetensors").stat().st_mtime_ns
@@ -271,6 +275,15 @@ def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Pa
         train_generator(dataset, interrupted, **TINY, deconfound="reweight,consistency", resume=True)
 
 
+def test_cosine_schedule_decays_to_zero_at_the_last_step(dataset: Path, tmp_path: Path):
+    out = train_generator(dataset, tmp_path / "gen", **TINY, lr_schedule="cosine")
+    rate = PRESETS["tiny"]["learning_rate"]
+    expected = [rate * (1 + math.cos(math.pi * step / 4)) / 2 for step in (1, 2, 3, 4)]
+    assert tensorboard_values(out / "logs", "lr") == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(CfgenError, match="decay ends at --steps"):
+        train_generator(dataset, out, **TINY, lr_schedule="cosine", steps=6, resume=True)
+
+
 def test_command_line_options_reach_the_configuration():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -278,7 +291,7 @@ def test_command_line_options_reach_the_configuration():
         shlex.split(
             "--data d --out o --label y --attributes color,shape --preset tiny --steps 7 --mixed-precision no "
             "--deconfound reweight,consistency --cycle-weight 0.5 --consistency-min-timestep 50 --edit-fraction 0.5 "
-            "--resume --snr-gamma 2"
+            "--resume --snr-gamma 2 --lr-schedule cosine"
         )
     )
     config = config_from_args(args).resolved()
@@ -286,6 +299,7 @@ def test_command_line_options_reach_the_configuration():
     assert config.deconfound == ("reweight", "consistency") and config.attributes == ["color", "shape"]
     assert config.consistency == ConsistencySettings(cycle_weight=0.5, min_timestep=50, edit_fraction=0.5)
     assert config.resume and not config.overwrite and config.mixed_precision == "no" and config.snr_gamma == 2
+    assert config.lr_schedule == "cosine"
 
 
 def test_existing_output_is_refused_without_resume_or_overwrite(dataset: Path, tmp_path: Path):

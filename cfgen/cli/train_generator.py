@@ -6,7 +6,7 @@ from dataclasses import fields
 from accelerate import PartialState
 
 from cfgen.cli.options import add_dataset_arguments, add_output_arguments, finish
-from cfgen.generator.config import PRESETS, TrainingConfig
+from cfgen.generator.config import LR_SCHEDULES, PRESETS, TrainingConfig
 from cfgen.generator.deconfounding import (
     CONSISTENCY_TERMS,
     ConsistencySettings,
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     preset.add_argument("--batch-size", type=int, help="images per process per step")
     preset.add_argument("--learning-rate", type=float, help="AdamW learning rate after warm-up")
     preset.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warm-up")
+    preset.add_argument(
+        "--lr-schedule", choices=list(LR_SCHEDULES), help="after warm-up: constant, or cosine decay to zero at --steps"
+    )
     preset.add_argument("--ema-decay", type=float, help="largest EMA decay (reached with warmup)")
     preset.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: never)")
     preset.add_argument("--sample-every", type=int, help="steps between preview grids (0: never)")

@@ -67,13 +67,23 @@ def set_up_output(accelerator: Accelerator, out: Path, config: TrainingConfig) -
     accelerator.wait_for_everyone()
 
 
+# Options added after some runs were stored, with the value those runs used.
+STORED_DEFAULTS = {"lr_schedule": "constant"}
+
+
 def _check_resumable(stored: dict[str, Any], current: dict[str, Any], out: Path) -> None:
+    stored = {**STORED_DEFAULTS, **stored}
     changed = [name for name in current if name not in RESUMABLE_CHANGES and stored.get(name) != current[name]]
     if changed:
         name = changed[0]
         raise CfgenError(
             f"--resume with a different {name} ({stored.get(name)!r} -> {current[name]!r}) than the run in {out}; "
             f"only {', '.join(sorted(RESUMABLE_CHANGES - {'out', 'resume', 'overwrite'}))} may change"
+        )
+    if current["lr_schedule"] != "constant" and stored["steps"] != current["steps"]:
+        raise CfgenError(
+            f"--resume with different --steps ({stored['steps']} -> {current['steps']}) under --lr-schedule "
+            f"{current['lr_schedule']}, whose decay ends at --steps; only a constant schedule can be trained longer"
         )
 
 

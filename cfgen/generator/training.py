@@ -40,7 +40,7 @@ from cfgen.data.table import MetadataTable
 from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
 from cfgen.generator.checkpoints import resume_point, save_checkpoint, save_final, set_up_output
-from cfgen.generator.config import TrainingConfig
+from cfgen.generator.config import LR_SCHEDULES, TrainingConfig
 from cfgen.generator.deconfounding import (
     JUDGES_FOLDER,
     ConsistencyObjective,
@@ -214,8 +214,11 @@ def train(config: TrainingConfig) -> Path:
     # Model, optimizer, data loader and schedule, prepared by accelerate; EMA of the prepared weights.
     model = Denoiser(generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
-    lr_scheduler = get_scheduler(
-        "constant_with_warmup", optimizer, num_warmup_steps=config.warmup_steps * accelerator.num_processes
+    lr_scheduler = get_scheduler(  # accelerate steps a prepared scheduler once per process
+        LR_SCHEDULES[config.lr_schedule],
+        optimizer,
+        num_warmup_steps=config.warmup_steps * accelerator.num_processes,
+        num_training_steps=config.steps * accelerator.num_processes,
     )
     shuffle = torch.Generator().manual_seed(config.seed)  # the same order on every process; accelerate shards it
     dataset = TensorDataset(torch.arange(len(table)))
@@ -336,6 +339,7 @@ def train(config: TrainingConfig) -> Path:
             "num_processes": accelerator.num_processes,
             "effective_batch_size": config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
             "learning_rate": config.learning_rate,
+            "lr_schedule": config.lr_schedule,
             "ema_decay": config.ema_decay,
             "condition_dropout": config.condition_dropout,
             "mixed_precision": accelerator.mixed_precision,
