@@ -53,6 +53,8 @@ from cfgen.runtime import resolve_mixed_precision
 # well-trained model), and only tiny, standard and full then try holding what the edit keeps at the grid's
 # best point, to stay within the budget: the grid is edited image by image, so its size is time.
 # soundness_images: edits whose composition and reversibility are measured (each 11 times).
+# cf_weight: cf-reg's pull between an image and its edit; quick's few, incomplete edits teach more
+# under a stronger pull, which costs where every image has a good edit (docs/classifier.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "deconfound": "reweight",
@@ -61,6 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ddim_steps": 4,
         "judge_steps": 20,
         "epochs": 1,
+        "cf_weight": 30.0,
         "seeds": (0,),
         "sizes": {"train": 160, "validation": 40, "test": 60, "test_anti": 40},
         "tune": {
@@ -81,6 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ddim_steps": 10,
         "judge_steps": 300,
         "epochs": 3,
+        "cf_weight": 30.0,
         "seeds": (0,),
         "sizes": None,
         "tune": {
@@ -101,6 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ddim_steps": 20,
         "judge_steps": 2000,
         "epochs": 6,
+        "cf_weight": 10.0,
         "seeds": (0,),
         "sizes": None,
         "tune": {
@@ -121,6 +126,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ddim_steps": 50,
         "judge_steps": 600,
         "epochs": 20,
+        "cf_weight": 10.0,
         "seeds": (0, 1, 2),
         "sizes": None,
         "tune": {
@@ -255,6 +261,7 @@ def run_pipeline(
                 spurious=tuple(spurious),
                 counterfactuals=(str(counterfactuals),),
                 epochs=settings["epochs"],
+                cf_weight=settings["cf_weight"],
                 seeds=settings["seeds"],
                 pair_share=PAIR_SHARE,
                 mixed_precision=mixed_precision,
@@ -396,6 +403,7 @@ def _report(summary: dict, before: dict, intervention: str, preset: str, builtin
         "",
         *([builtin.splits_note] if builtin is not None else []),
         *_pairing_note(PRESETS[preset]["sources"]),
+        *_pull_note(PRESETS[preset]["cf_weight"], summary["classifiers"]),
         "",
         "## Time per stage (s)",
         "",
@@ -437,6 +445,13 @@ def _pairing_note(sources: int | None) -> list[str]:
         f"Counterfactuals exist for {sources} training images: cf-augment, cf-reg and cf-contrastive draw "
         f"{PAIR_SHARE:.0%} of every batch (on average) from those (`--pair-share {PAIR_SHARE}`).",
     ]
+
+
+def _pull_note(cf_weight: float, classifiers: dict) -> list[str]:
+    if "cf-reg" not in classifiers:
+        return []
+    return [f"cf-reg pulls each image's features towards its counterfactual's with weight {cf_weight:g} "
+            f"(`--cf-weight {cf_weight:g}`)."]  # fmt: skip
 
 
 def _splits(summary: dict) -> list[str]:
