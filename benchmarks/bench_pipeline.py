@@ -22,6 +22,7 @@ from pathlib import Path
 
 from common import machine
 
+from cfgen.generator.model import CONFIG_FILE
 from cfgen.io import write_json
 from cfgen.pipeline import PRESETS, run_pipeline
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         run = run_pipeline(Path(work) / "run", preset=args.preset, seed=args.seed)
         seconds = time.perf_counter() - started
         metrics = json.loads((run / "metrics.json").read_text())
+        generator = json.loads((run / "generator" / CONFIG_FILE).read_text())["training"]
     record |= {
         "preset": args.preset,
         "seed": args.seed,
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         if metrics["counterfactual_quality"]
         else None,
         "inference": metrics["inference"],
+        "generator_learning_rate": generator["learning_rate"],
+        "cf_weight": PRESETS[args.preset]["cf_weight"],
         "mixed_precision": metrics["mixed_precision"],
         "test_accuracy": {m: s["test"]["accuracy"]["mean"] for m, s in metrics["classifiers"].items() if "test" in s},
     }

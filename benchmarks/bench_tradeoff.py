@@ -34,7 +34,6 @@ Writes benchmarks/results/generator-tradeoff.json and docs/generator-tradeoff.pn
 """
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -49,14 +48,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 from bench_generator import COLOUR_TIE, METHODS, prepare_data
-from common import load_results, machine
+from common import load_results, machine, trained_on
 
 from cfgen.counterfactuals import evaluate_counterfactuals
 from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.counterfactuals import made_from
 from cfgen.data.table import read_imagefolder
-from cfgen.generator.checkpoints import TRAINING_CONFIG_FILE
-from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.io import write_json
 from cfgen.judges import DEFAULT_JUDGE_STEPS, JUDGES_VERSION
@@ -127,12 +124,9 @@ def parse_args() -> argparse.Namespace:
 def trained(work: Path, data: Path, method: str, steps: int, recipe: str) -> tuple[Path, float | None]:
     """A generator of ``recipe`` and ``steps`` steps, reused when --work holds one trained on ``data``."""
     out = work / f"gen-{recipe}-{data.name}-{method}-{steps}"
-    stored = out / TRAINING_CONFIG_FILE
-    if (out / CONFIG_FILE).is_file() and stored.is_file():
-        config = json.loads(stored.read_text())
-        if config["data"] == str(data.resolve()) and config["steps"] == steps:
-            timing = out / "bench_train_seconds.txt"
-            return out, float(timing.read_text()) if timing.is_file() else None
+    if trained_on(out, data, "quick", steps=steps, **RECIPES[recipe]):
+        timing = out / "bench_train_seconds.txt"
+        return out, float(timing.read_text()) if timing.is_file() else None
     started = time.perf_counter()
     train_generator(
         data, out, preset="quick", steps=steps, deconfound=METHODS[method], seed=0, overwrite=True, **RECIPES[recipe]
@@ -216,7 +210,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
 

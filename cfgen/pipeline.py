@@ -451,7 +451,7 @@ def _pull_note(cf_weight: float, classifiers: dict) -> list[str]:
     if "cf-reg" not in classifiers:
         return []
     return [f"cf-reg pulls each image's features towards its counterfactual's with weight {cf_weight:g} "
-            f"(`--cf-weight {cf_weight:g}`)."]  # fmt: skip
+            f"(`cfgen train-classifier --cf-weight {cf_weight:g}`)."]  # fmt: skip
 
 
 def _splits(summary: dict) -> list[str]:

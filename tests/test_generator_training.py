@@ -258,6 +258,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Pa
     shutil.copytree(trained, interrupted)
     stored = json.loads((interrupted / "training_config.json").read_text())
     del stored["lr_schedule"]  # as a run stored before the option existed, which used a constant rate
+    stored["learning_rate"] = 5e-4  # as a run started before the preset changed: it goes on as it began
     (interrupted / "training_config.json").write_text(json.dumps(stored))
     (interrupted / CONFIG_FILE).unlink()  # as if stopped after the checkpoint at step 2
     shutil.rmtree(interrupted / "checkpoints" / "checkpoint-4")
@@ -268,7 +269,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Pa
         train_generator(dataset, interrupted, **TINY, deconfound="reweight,consistency", seed=1, resume=True)
     train_generator(dataset, interrupted, **TINY, deconfound="reweight,consistency", resume=True)
     record = Generator.load(interrupted).training
-    assert record["resumed_from_step"] == 2 and record["steps"] == 4
+    assert record["resumed_from_step"] == 2 and record["steps"] == 4 and record["learning_rate"] == 5e-4
     assert [step for step, _ in list_checkpoints(interrupted)] == [2, 4]
     assert (interrupted / "judges" / "model.safetensors").stat().st_mtime_ns == judges  # reused, not retrained
     with pytest.raises(CfgenError, match="finished generator"):
@@ -282,6 +283,11 @@ def test_cosine_schedule_decays_to_zero_at_the_last_step(dataset: Path, tmp_path
     assert tensorboard_values(out / "logs", "lr") == pytest.approx(expected, abs=1e-9)
     with pytest.raises(CfgenError, match="decay ends at --steps"):
         train_generator(dataset, out, **TINY, lr_schedule="cosine", steps=6, resume=True)
+    with pytest.raises(CfgenError, match=r"different lr_schedule \('cosine' -> 'constant'\)"):
+        train_generator(dataset, out, **TINY, lr_schedule="constant", steps=6, resume=True)
+    with pytest.raises(CfgenError, match="finished generator") as refused:
+        train_generator(dataset, out, **TINY, lr_schedule="cosine", resume=True)
+    assert "raise --steps" not in str(refused.value)  # its rate has decayed to zero
 
 
 def test_command_line_options_reach_the_configuration():

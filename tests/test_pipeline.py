@@ -89,7 +89,7 @@ def test_metrics_and_report(run_dir: Path) -> None:
     cf_reg_run = json.loads((run_dir / "classifiers" / "cf-reg" / "run.json").read_text())
     assert cf_reg_run["config"]["pair_share"] == 0.5
     assert cf_reg_run["config"]["cf_weight"] == PRESETS["tiny"]["cf_weight"] == 30  # not the classifier's 10
-    assert "with weight 30 (`--cf-weight 30`)" in report
+    assert "with weight 30 (`cfgen train-classifier --cf-weight 30`)" in report
     assert ".partial" not in report
     used = resolve_mixed_precision("auto")
     assert metrics["mixed_precision"] == {

@@ -19,6 +19,12 @@ TRAINING_CONFIG_FILE = "training_config.json"
 CHECKPOINTS_FOLDER = "checkpoints"
 
 
+def stored_config(out: Path) -> dict[str, Any] | None:
+    """The training configuration a run in ``out`` was started with, if there is one."""
+    stored = out / TRAINING_CONFIG_FILE
+    return json.loads(stored.read_text()) if stored.is_file() else None
+
+
 def resume_point(out: Path, config: TrainingConfig) -> Path | None:
     """Apply the output-folder rules, writing nothing; returns the checkpoint to resume from, if any.
 
@@ -36,9 +42,10 @@ def resume_point(out: Path, config: TrainingConfig) -> Path | None:
         if (out / CONFIG_FILE).is_file():
             done = checkpoints[-1][0] if checkpoints else None
             if done is None or done >= config.steps:
+                more = "raise --steps to continue it, or " if config.lr_schedule == "constant" else ""
                 raise CfgenError(
                     f"{out} is a finished generator (trained for {done or 'an unknown number of'} steps); "
-                    "raise --steps to continue it, or pass --overwrite to train it again"
+                    f"{more}pass --overwrite to train it again"
                 )
         if checkpoints and checkpoints[-1][0] > config.steps:
             raise CfgenError(

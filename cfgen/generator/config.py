@@ -140,13 +140,17 @@ class TrainingConfig:
     resume: bool = False
     overwrite: bool = False
 
-    def resolved(self) -> "TrainingConfig":
-        """The preset filled in, the choices parsed and every value checked."""
+    def resolved(self, stored: dict[str, Any] | None = None) -> "TrainingConfig":
+        """The preset filled in, the choices parsed and every value checked. ``stored``, the configuration
+        of a run being resumed with the same preset, fills in what is not given instead of the preset,
+        so that the run goes on as it began even if the preset has changed since."""
         if self.preset not in PRESETS:
             raise CfgenError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        defaults = dict(PRESETS[self.preset])
+        if stored is not None and stored.get("preset") == self.preset:
+            defaults |= {name: stored[name] for name in defaults if name in stored}
         filled = {
-            name: default if getattr(self, name) is None else getattr(self, name)
-            for name, default in PRESETS[self.preset].items()
+            name: default if getattr(self, name) is None else getattr(self, name) for name, default in defaults.items()
         }
         config = replace(
             self,

@@ -39,7 +39,7 @@ from cfgen.data.schema import Schema, check_informative
 from cfgen.data.table import MetadataTable
 from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
-from cfgen.generator.checkpoints import resume_point, save_checkpoint, save_final, set_up_output
+from cfgen.generator.checkpoints import resume_point, save_checkpoint, save_final, set_up_output, stored_config
 from cfgen.generator.config import LR_SCHEDULES, TrainingConfig
 from cfgen.generator.deconfounding import (
     JUDGES_FOLDER,
@@ -161,7 +161,7 @@ def training_loss(
 
 def train(config: TrainingConfig) -> Path:
     """Train a generator; returns the output folder, complete when this returns."""
-    config = config.resolved()
+    config = config.resolved(stored_config(Path(config.out)) if config.resume else None)
     out = Path(config.out)
     accelerator = make_accelerator(
         config.mixed_precision,
@@ -214,7 +214,7 @@ def train(config: TrainingConfig) -> Path:
     # Model, optimizer, data loader and schedule, prepared by accelerate; EMA of the prepared weights.
     model = Denoiser(generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
-    lr_scheduler = get_scheduler(  # accelerate steps a prepared scheduler once per process
+    lr_scheduler = get_scheduler(  # a prepared scheduler takes num_processes steps per optimizer step
         LR_SCHEDULES[config.lr_schedule],
         optimizer,
         num_warmup_steps=config.warmup_steps * accelerator.num_processes,
