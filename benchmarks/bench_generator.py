@@ -124,7 +124,7 @@ def train(work: Path, data: Path, strength: float, method: str, args: argparse.N
     """A trained generator (reused from --work when it was trained the same way) and the seconds it took."""
     out = work / f"gen-{args.preset}-{args.training_steps}-{strength}-{method}"
     timing = out / "bench_train_seconds.txt"
-    if not args.retrain and args.training_steps == PRESETS[args.preset]["steps"] and trained_on(out, data, args.preset):
+    if not args.retrain and trained_on(out, data, args.preset, steps=args.training_steps):
         return out, float(timing.read_text()) if timing.is_file() else None
     started = time.perf_counter()
     train_generator(

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from cfgen.data.images import ImageFormat
-from cfgen.generator.checkpoints import STORED_DEFAULTS, TRAINING_CONFIG_FILE
+from cfgen.generator.checkpoints import TRAINING_CONFIG_FILE, stored_config
 from cfgen.generator.config import TrainingConfig
 from cfgen.generator.deconfounding import JUDGES_FOLDER
 from cfgen.generator.model import CONFIG_FILE, build_unet
@@ -55,7 +55,7 @@ def recipe(config: dict[str, Any], unet: dict[str, Any]) -> dict[str, Any]:
     training configuration and the UNet's shape, so that a changed preset (a new architecture,
     a new loss weighting) is neither reused nor mixed into results of the old one."""
     shape = {key: unet[key] for key in ("block_out_channels", "layers_per_block", "down_block_types")}
-    kept = {key: value for key, value in {**STORED_DEFAULTS, **config}.items() if key not in NOT_RECIPE}
+    kept = {key: value for key, value in config.items() if key not in NOT_RECIPE}
     return json.loads(json.dumps({**kept, "unet": shape}))
 
 
@@ -71,7 +71,7 @@ def trained_on(folder: Path, data: Path, preset: str, **options: Any) -> bool:
     files = (folder / CONFIG_FILE, folder / TRAINING_CONFIG_FILE, folder / "unet" / "config.json")
     if not all(file.is_file() for file in files):
         return False
-    stored = json.loads((folder / TRAINING_CONFIG_FILE).read_text())
+    stored = stored_config(folder)
     unet = json.loads((folder / "unet" / "config.json").read_text())
     judges = folder / JUDGES_FOLDER / JUDGES_CONFIG  # consistency training's judges, trained today's way
     current_judges = not judges.is_file() or json.loads(judges.read_text()).get("version") == JUDGES_VERSION

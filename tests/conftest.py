@@ -1,5 +1,6 @@
 import csv
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,26 +50,23 @@ def small_folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "small", rows)
 
 
-def tensorboard_scalars(folder: Path, kind: str = "scalars") -> set[str]:
-    """Every tag of ``kind`` (scalars, images) in the tensorboard event files under ``folder``."""
+def _event_accumulators(folder: Path) -> Iterator:
+    """One loaded tensorboard EventAccumulator per folder of event files under ``folder``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags: set[str] = set()
     for directory in {path.parent for path in folder.rglob("events.out.tfevents.*")}:
         events = EventAccumulator(str(directory))
         events.Reload()
-        tags |= set(events.Tags()[kind])
-    return tags
+        yield events
+
+
+def tensorboard_scalars(folder: Path, kind: str = "scalars") -> set[str]:
+    """Every tag of ``kind`` (scalars, images) in the tensorboard event files under ``folder``."""
+    return {tag for events in _event_accumulators(folder) for tag in events.Tags()[kind]}
 
 
 def tensorboard_values(folder: Path, tag: str) -> list[float]:
     """The logged values of scalar ``tag`` under ``folder``, in step order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars = []
-    for directory in {path.parent for path in folder.rglob("events.out.tfevents.*")}:
-        events = EventAccumulator(str(directory))
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            scalars += events.Scalars(tag)
+    scalars = [scalar for events in _event_accumulators(folder) if tag in events.Tags()["scalars"]
+               for scalar in events.Scalars(tag)]  # fmt: skip
     return [scalar.value for scalar in sorted(scalars, key=lambda scalar: scalar.step)]

@@ -19,10 +19,15 @@ TRAINING_CONFIG_FILE = "training_config.json"
 CHECKPOINTS_FOLDER = "checkpoints"
 
 
+# Options added after some runs were stored, with the value those runs used.
+STORED_DEFAULTS = {"lr_schedule": "constant"}
+
+
 def stored_config(out: Path) -> dict[str, Any] | None:
-    """The training configuration a run in ``out`` was started with, if there is one."""
+    """The training configuration a run in ``out`` was started with, if there is one (options added
+    since filled in with the value such a run used)."""
     stored = out / TRAINING_CONFIG_FILE
-    return json.loads(stored.read_text()) if stored.is_file() else None
+    return {**STORED_DEFAULTS, **json.loads(stored.read_text())} if stored.is_file() else None
 
 
 def resume_point(out: Path, config: TrainingConfig) -> Path | None:
@@ -32,12 +37,12 @@ def resume_point(out: Path, config: TrainingConfig) -> Path | None:
     given more --steps) or replaced (--overwrite).
     """
     if config.resume and out.exists():
-        stored = out / TRAINING_CONFIG_FILE
-        if not stored.is_file():
+        stored = stored_config(out)
+        if stored is None:
             raise CfgenError(
                 f"{out} is not a generator training folder (it has no {TRAINING_CONFIG_FILE}); cannot --resume it"
             )
-        _check_resumable(json.loads(stored.read_text()), config.record(), out)
+        _check_resumable(stored, config.record(), out)
         checkpoints = list_checkpoints(out)
         if (out / CONFIG_FILE).is_file():
             done = checkpoints[-1][0] if checkpoints else None
@@ -74,12 +79,7 @@ def set_up_output(accelerator: Accelerator, out: Path, config: TrainingConfig) -
     accelerator.wait_for_everyone()
 
 
-# Options added after some runs were stored, with the value those runs used.
-STORED_DEFAULTS = {"lr_schedule": "constant"}
-
-
 def _check_resumable(stored: dict[str, Any], current: dict[str, Any], out: Path) -> None:
-    stored = {**STORED_DEFAULTS, **stored}
     changed = [name for name in current if name not in RESUMABLE_CHANGES and stored.get(name) != current[name]]
     if changed:
         name = changed[0]
