@@ -22,7 +22,7 @@ and the stroke colour kept on >= 0.95; thickness edits effectiveness >= 0.90 wit
 
     python benchmarks/bench_attributes.py --run RUN --attributes bg_color --localize others --depths 1.0
         [--guidance 2,3] [--guidance-starts 0] [--sources 100] [--test-images 500] [--judge-cache DIR]
-        [--holds W] [--rim-steps F] [--results R.json]
+        [--holds W] [--negatives dropped,source] [--rim-steps F] [--results R.json]
 
 Writes benchmarks/results/attributes.json (or --results); one entry per attribute (and rim share other than the
 default), replaced when measured again.
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rim-steps", type=float, default=cfgen.generator.pipeline.RIM_STEPS, help="an ablation: 0 for none"
     )
     parser.add_argument("--holds", default="", help="hold weights tried at the grid's best point (default: none)")
+    parser.add_argument("--negatives", default="dropped,source", help="what guidance pushes away from, to try")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         "guidance": tuple(numbers(args.guidance)),
         "guidance_starts": tuple(numbers(args.guidance_starts)),
         "holds": tuple(numbers(args.holds)),
+        "negatives": tuple(args.negatives.split(",")),
     }
     settings = {"run": str(run), "steps": args.steps, "sources": args.sources, "test_images": args.test_images}
     results_file = Path(args.results)

@@ -20,7 +20,9 @@ subsets of its edits:
 
 With ``--parts guidance``, the run's edits made again at other guidance weights, from the first
 decoding step or from later ones (``GUIDANCE``, InferenceSettings.guidance_start), each with its
-judges' acceptance, colour progress (below) and cf-reg.
+judges' acceptance, colour progress (below) and cf-reg. ``--parts negatives`` does the same at
+guidance 2, 3 and 5 pushing away from each negative (InferenceSettings.negative: the attribute
+dropped, or the source's value).
 
 With ``--parts settings``, cf-reg on the run's generated and exact counterfactuals with other
 weights, distances and layers of its penalty (``SETTINGS``): how much the classifier can learn from
@@ -42,7 +44,7 @@ map is not quite the drawn alpha).
 It also trains judges the way a method could, on the run's confounded training images only, and
 reports the share of the exact counterfactuals they accept: whether such judges could filter.
 
-    python benchmarks/bench_pairs.py --run RUN_FOLDER [--parts subsets,levers,guidance,settings,hybrids]
+    python benchmarks/bench_pairs.py --run RUN_FOLDER [--parts subsets,levers,guidance,negatives,settings,hybrids]
         [--cf-weight W] [--threads 2]
 
 Writes benchmarks/results/pairs.json (one entry per run folder and penalty weight given).
@@ -55,6 +57,7 @@ import shutil
 import sys
 import tempfile
 import time
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,7 @@ from cfgen.data.schema import Schema
 from cfgen.data.table import METADATA_FILE, MetadataTable, read_imagefolder
 from cfgen.datasets.colored_mnist.readers import stroke_map
 from cfgen.datasets.colored_mnist.rendering import BG_COLORS, FG_COLORS
+from cfgen.generator.inference import NEGATIVES
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.pipeline import CounterfactualPipeline
 from cfgen.io import write_json
@@ -79,8 +83,9 @@ from cfgen.judges.reading import default_judge_cache
 from cfgen.judges.training import train_judges
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pairs.json"
-PARTS = {"subsets", "levers", "guidance", "settings", "hybrids"}
+PARTS = {"subsets", "levers", "guidance", "negatives", "settings", "hybrids"}
 GUIDANCE = ((3.0, 0.0), (5.0, 0.0), (8.0, 0.0), (12.0, 0.5), (20.0, 0.6))  # (weight, start)
+NEGATIVE_GUIDANCE = (2.0, 3.0, 5.0)  # weights tried with each negative
 SETTINGS = (
     *({"cf_weight": weight} for weight in (1.0, 3.0, 10.0, 30.0, 100.0)),
     {"cf_layer": "logits"},
@@ -317,14 +322,17 @@ def main() -> None:
         folder = write_like(run / "counterfactuals", again, work / f"cf-{slug(name)}")
         row = images_row(run, settings, label, work, name, generated, folder, again, exact_images)
         rows[name] = {"generation_seconds": seconds} | row
-    for weight, start in GUIDANCE if "guidance" in parts else ():
+    points = [(weight, start, "dropped") for weight, start in GUIDANCE] if "guidance" in parts else []
+    points += list(product(NEGATIVE_GUIDANCE, (0.0,), NEGATIVES)) if "negatives" in parts else []
+    for weight, start, negative in points:
         name = f"generated, guidance {weight:g} from {start:.0%} of the steps"
+        name += ", away from the source value" if negative == "source" else ""  # rows before the choice: dropped
         folder = work / f"cf-{slug(name)}"
         shutil.rmtree(folder, ignore_errors=True)
         generate_counterfactuals(
             run / "data", generation["intervention"], folder, generator=run / "generator", split="train",
             limit=generation["limit"], seed=generation["seed"], steps=generation["steps"], guidance=str(weight),
-            guidance_start=start, progress=False,
+            guidance_start=start, negative=negative, progress=False,
         )  # fmt: skip
         images = load_images(read_imagefolder(folder).image_paths, image_format)
         share = float(accepted(evaluation, schema, generated, images).mean())

@@ -26,7 +26,7 @@ them; for an attribute untied to the digit, where few edits are rare, every edit
     python benchmarks/bench_tradeoff.py [--tie digit:thickness=0.99] [--attributes fg_color,bg_color]
         [--methods reweight] [--recipes quick,low-noise-x3]
         [--train-steps 400,1000] [--localize no,edit,others] [--inversions ddim,ddpm]
-        [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5] [--guidance-starts 0,0.5]
+        [--depths 0.4,0.6,0.8] [--guidance 1.5,2,3,5] [--guidance-starts 0,0.5] [--negatives dropped,source]
         [--test-size 200] [--threads 2] [--results R.json] [--figure F.png]
 
 Writes benchmarks/results/generator-tradeoff.json and docs/generator-tradeoff.png (or --results and
@@ -95,6 +95,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--depths", default="0.4,0.6,0.8", help="inversion depths")
     parser.add_argument("--guidance", default="1.5,2,3,5", help="guidance weights on fg_color")
     parser.add_argument("--guidance-starts", default="0", help="fractions of the decoding steps made unguided")
+    parser.add_argument("--negatives", default="dropped", help="what guidance pushes away from: dropped, source")
     parser.add_argument("--ddim-steps", type=int, default=20)
     parser.add_argument("--train-size", type=int, default=6000)
     parser.add_argument("--test-size", type=int, default=200)
@@ -110,6 +111,7 @@ def parse_args() -> argparse.Namespace:
     args.inversions = [i for i in args.inversions.split(",") if i]
     args.attributes = [a for a in args.attributes.split(",") if a]
     args.localize = [choice for choice in args.localize.split(",") if choice]
+    args.negatives = [negative for negative in args.negatives.split(",") if negative]
     tie, _, strength = args.tie.partition("=")
     parent, _, child = tie.partition(":")
     if not (parent and child):
@@ -236,16 +238,17 @@ def main() -> None:
         generator, train_seconds = trained(work, data, method, steps, recipe)
         for attribute in args.attributes:
             exact = exact_edits(work, data, attribute)
-            for inversion, local, depth, guidance, start in product(
-                args.inversions, args.localize, args.depths, args.guidance, args.guidance_starts
+            for inversion, local, depth, guidance, start, negative in product(
+                args.inversions, args.localize, args.depths, args.guidance, args.guidance_starts, args.negatives
             ):
-                out = work / f"cf-{generator.name}-{attribute}-{inversion}-l{local}-d{depth}-g{guidance}-s{start}"
+                point = f"{inversion}-l{local}-d{depth}-g{guidance}-s{start}-{negative}"
+                out = work / f"cf-{generator.name}-{attribute}-{point}"
                 shutil.rmtree(out, ignore_errors=True)
                 started = time.perf_counter()
                 generate_counterfactuals(
                     data, f"{attribute}=random", out, generator=generator, split="test", steps=args.ddim_steps,
                     inversion_depth=depth, guidance=str(guidance), localize=local, inversion=inversion,
-                    guidance_start=start, progress=False,
+                    guidance_start=start, negative=negative, progress=False,
                 )  # fmt: skip
                 seconds = time.perf_counter() - started
                 metrics = evaluate_counterfactuals(
@@ -258,7 +261,7 @@ def main() -> None:
                     "method": method,
                     "train_steps": steps, "recipe": recipe,
                     "train_seconds": train_seconds, "inversion": inversion, "localize": local, "depth": depth,
-                    "guidance": guidance, "guidance_start": start,
+                    "guidance": guidance, "guidance_start": start, "negative": negative,
                     "generation_seconds": round(seconds, 1), "rare": scores(metrics, attribute),
                     "all": scores(metrics, attribute, "all"),
                     "judge_accuracy_on_sources": metrics["judge_accuracy_on_sources"],
@@ -267,9 +270,10 @@ def main() -> None:
                 inversion_key = "" if inversion == "ddim" else f"|{inversion}"
                 tie_key = "" if tie == DEFAULT_TIE else f"{tie}|"
                 start_key = f"|from{start}" if start else ""
+                negative_key = "" if negative == "dropped" else f"|{negative}"  # entries before the choice: dropped
                 key = (
                     f"{tie_key}{attribute}|{method}|{steps}|{local}|{depth}|{guidance}{recipe_key}{inversion_key}"
-                    f"{start_key}"
+                    f"{start_key}{negative_key}"
                 )
                 results["entries"][key] = item
                 write_json(args.results, results)
@@ -277,7 +281,7 @@ def main() -> None:
                 print(
                     f"{tie} tied, {attribute}, {method} {recipe} {steps} steps, {inversion}, localize {local}, "
                     f"depth {depth}, "
-                    f"guidance {guidance} from {start} "
+                    f"guidance {guidance} from {start} away from {negative} "
                     f"({headline} edits): "
                     f"effectiveness {rare['effectiveness']:.3f}, digit agrees {rare['digit_agrees']:.3f}, "
                     f"all kept {rare['all_kept']:.3f}, success {rare['success']:.3f}, "

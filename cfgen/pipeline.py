@@ -34,7 +34,7 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.table import SPLIT_COLUMN
 from cfgen.datasets import DEFAULT, BuiltinDataset, builtin_of
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import INVERSIONS, LOCALIZE, saved_localize
+from cfgen.generator.inference import INVERSIONS, LOCALIZE, NEGATIVES, saved_localize
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.io import RUN_FILE, check_output_dir, output_dir_in_place, write_json, write_run_record
@@ -47,12 +47,14 @@ from cfgen.runtime import resolve_mixed_precision
 # generator_steps (None: the generator preset's), sources (training images edited) and ddim_steps
 # (each way) are the time budget's levers: on the quick model 10 DDIM steps edit as well as 20 at
 # half the time (docs/generator.md). tune: the validation images and the grid (depths, guidance,
-# guidance starts, masks, inversions) that choose each edited attribute's inference settings (cfgen
-# tune-inference); every preset but full tries the edit-friendly inversion alone (it measured better
-# on every attribute), and only standard and full try guidance from 60% of the steps (it pays on a
-# well-trained model), and only tiny, standard and full then try holding what the edit keeps at the grid's
-# best point, to stay within the budget: the grid is edited image by image, so its size is time.
-# soundness_images: edits whose composition and reversibility are measured (each 11 times).
+# guidance starts, masks, inversions, negatives) that choose each edited attribute's inference
+# settings (cfgen tune-inference); every preset but full tries the edit-friendly inversion alone (it
+# measured better on every attribute), only standard and full try guidance from 60% of the steps
+# (it pays on a well-trained model), quick guides away from the source value, the others away from
+# the attribute dropped (each measured better on its model: docs/generator.md; tiny tries both),
+# and only tiny, standard and full then try holding what the edit keeps
+# at the grid's best point, to stay within the budget: each decoding of the grid is time.
+# soundness_images: edits whose composition and reversibility are measured (each up to 11 times).
 # cf_weight: cf-reg's pull between an image and its edit; quick's few, incomplete edits teach more
 # under a stronger pull, which costs where every image has a good edit (docs/classifier.md).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -74,12 +76,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "holds": (1.0,),
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
+            "negatives": NEGATIVES,
         },
         "soundness_images": 4,
     },
     "quick": {
         "deconfound": "reweight",
-        "generator_steps": 300,
+        "generator_steps": 450,
         "sources": 400,
         "ddim_steps": 10,
         "judge_steps": 300,
@@ -95,6 +98,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "holds": (),
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
+            "negatives": ("source",),
         },
         "soundness_images": 32,
     },
@@ -116,6 +120,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "holds": (1.0,),
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
+            "negatives": ("dropped",),
         },
         "soundness_images": 64,
     },
@@ -137,6 +142,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "holds": (1.0, 2.0),
             "localize": LOCALIZE,
             "inversions": INVERSIONS,
+            "negatives": ("dropped",),
         },
         "soundness_images": 256,
     },
@@ -150,6 +156,8 @@ LOCALIZED = {
     "edit": "edits inside the edit's mask",
     "others": "edits outside the kept variables' mask",
 }
+# How the report names each --negative choice.
+AWAY_FROM = {"dropped": "away from the attribute dropped", "source": "away from the source value"}
 DEFAULT_METHODS = ("erm", "cf-reg")
 
 
@@ -423,8 +431,8 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
         return ["The data have no validation split: edits use the default inference settings.", ""]
     chosen = "; ".join(
         f"{name}: {LOCALIZED[saved_localize(s['localize'])]}, {s.get('inversion', 'ddim').upper()} inversion "
-        f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s.get('guidance_start', 0.0))}"
-        f"{_held(s.get('hold', 0.0))}, {s['steps']} steps"
+        f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s.get('guidance_start', 0.0))} "
+        f"{AWAY_FROM[s.get('negative', NEGATIVES[0])]}{_held(s.get('hold', 0.0))}, {s['steps']} steps"
         for name, s in inference.items()
     )
     return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {chosen}.", ""]

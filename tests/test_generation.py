@@ -25,7 +25,7 @@ from conftest import write_folder
 from PIL import Image
 
 from cfgen.cli import main
-from cfgen.counterfactuals.generation import staging_dir
+from cfgen.counterfactuals.generation import GeneratorSource, staging_dir
 from cfgen.counterfactuals.metrics import evaluate_counterfactuals
 from cfgen.counterfactuals.tuning import REACH_FRACTIONS, SETTING_KEYS, choose_setting, reach
 from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
@@ -41,7 +41,7 @@ from cfgen.datasets.colored_mnist.rendering import (
     render_counterfactual,
 )
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import InferenceSettings, otsu_threshold, parse_guidance, settings_for
+from cfgen.generator.inference import NEGATIVES, InferenceSettings, otsu_threshold, parse_guidance, settings_for
 from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import RIM_STEPS, CounterfactualPipeline, InversionPath, store_inference
 from cfgen.generator.training import train_generator
@@ -427,7 +427,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     shutil.copytree(generator, tuned)
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
     grid = ["--depths", "0.4,1.0", "--guidance", "6", "--guidance-starts", "0,0.5", "--localize", "no,others",
-            "--inversions", "ddim,ddpm", "--holds", "2", "--ddim-steps", "4", "--sources", "3", *judge]  # fmt: skip
+            "--inversions", "ddim,ddpm", "--negatives", "dropped,source", "--holds", "2", "--ddim-steps", "4",
+            "--sources", "3", *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
     inference = json.loads((tuned / "cfgen_generator.json").read_text())["inference"]
@@ -436,9 +437,9 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
     assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 3
     for name, scores in inference["selection"]["grid"].items():
-        assert len(scores) == 17
+        assert len(scores) == 33
         # the grid without holding, then the hold tried at its best point
-        grid_points, held = scores[:16], scores[16]
+        grid_points, held = scores[:32], scores[32]
         assert all(s["hold"] == 0 for s in grid_points)
         first = choose_setting(grid_points, 3)
         assert held == {**held, **{key: first[key] for key in SETTING_KEYS}, "hold": 2.0}
@@ -448,8 +449,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
         # an edit the judges read as its target reads so at least at its own end of the way
         assert all((s["reach"] > 0) == (s["effectiveness"] > 0) for s in scores)
         assert all(s["graded_success"] >= s["success"] / len(REACH_FRACTIONS) - 1e-9 for s in scores)
-        assert {(s["inversion"], s["localize"], s["guidance_start"]) for s in scores} == set(
-            product(("ddim", "ddpm"), ("no", "others"), (0.0, 0.5))
+        assert {(s["inversion"], s["localize"], s["guidance_start"], s["negative"]) for s in scores} == set(
+            product(("ddim", "ddpm"), ("no", "others"), (0.0, 0.5), NEGATIVES)
         )
         assert all(0 < s["change"] < 1 for s in scores)  # mean absolute pixel change, images in [0, 1]
         expected = {"steps": 4, **{key: best[key] for key in SETTING_KEYS}}
@@ -466,11 +467,14 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     held = {name: chosen["hold"] for name in ("digit", "bg_color", "thickness")} if chosen["hold"] else {}
     assert used["guidance"] == {"fg_color": chosen["guidance"], **held}
     assert (used["localize"], used["inversion"]) == (chosen["localize"], chosen["inversion"])
-    assert used["guidance_start"] == chosen["guidance_start"]
+    assert (used["guidance_start"], used["negative"]) == (chosen["guidance_start"], chosen["negative"])
     assert cli(*edit, "--inversion-depth", "0.5", "--out", str(tmp_path / "cf2")) == 0
     assert json.loads((tmp_path / "cf2" / "run.json").read_text())["config"]["inversion_depth"] == 0.5
     assert cli(*edit, "--guidance-start", "0.75", "--out", str(tmp_path / "cf3")) == 0
     assert json.loads((tmp_path / "cf3" / "run.json").read_text())["config"]["guidance_start"] == 0.75
+    other = next(negative for negative in NEGATIVES if negative != chosen["negative"])
+    assert cli(*edit, "--negative", other, "--out", str(tmp_path / "cf4")) == 0
+    assert json.loads((tmp_path / "cf4" / "run.json").read_text())["config"]["negative"] == other
 
     # a joint edit inverts as deep as its deepest attribute needs, each attribute with its own guidance
     joint = settings_for(Generator.load(tuned), ("fg_color", "thickness"))
@@ -482,6 +486,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert joint.localize == ("others" if "others" in (chosen["localize"], thickness["localize"]) else "no")
     assert joint.inversion == ("ddpm" if "ddpm" in (chosen["inversion"], thickness["inversion"]) else "ddim")
     assert joint.guidance_start == min(chosen["guidance_start"], thickness["guidance_start"])
+    assert joint.negative == ("source" if "source" in (chosen["negative"], thickness["negative"]) else "dropped")
     capsys.readouterr()
 
     # never on the test split; only attributes the generator edits; a folder without validation rows
@@ -495,6 +500,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert "unknown localize choice 'yes'; choose from no, edit, others" in capsys.readouterr().err
     assert cli("tune-inference", *common, "--holds", "0") == 2
     assert "hold weights must be positive numbers, not 0.0" in capsys.readouterr().err
+    assert cli("tune-inference", *common, "--negatives", "target") == 2
+    assert "unknown negative 'target'; choose from dropped, source" in capsys.readouterr().err
 
 
 def test_a_saved_hold_guides_every_variable_the_edit_keeps(
@@ -610,9 +617,10 @@ def test_guidance_starts_where_asked(dataset: Path, generator: Path, monkeypatch
     path = pipeline.inversion_path(images, factual, settings)
     weights, guided_noise = [], Generator.guided_noise
 
-    def recording(self: Generator, sample: torch.Tensor, t: torch.Tensor, conditions: torch.Tensor, guidance: dict):
+    def recording(self: Generator, sample: torch.Tensor, t: torch.Tensor, conditions: torch.Tensor, guidance: dict,
+                  negative: torch.Tensor | None = None):  # fmt: skip
         weights.append(dict(guidance))
-        return guided_noise(self, sample, t, conditions, guidance)
+        return guided_noise(self, sample, t, conditions, guidance, negative)
 
     monkeypatch.setattr(Generator, "guided_noise", recording)
     late = pipeline.decode(path, target, settings)
@@ -621,6 +629,55 @@ def test_guidance_starts_where_asked(dataset: Path, generator: Path, monkeypatch
     for bad in (1.0, -0.1):
         with pytest.raises(CfgenError, match=r"--guidance-start must be in \[0, 1\)"):
             InferenceSettings(guidance_start=bad)
+
+
+def test_guidance_pushes_away_from_the_source_value_where_the_edit_changes_it(dataset: Path, generator: Path) -> None:
+    pipeline, images, factual, target = background_edits(dataset, generator)
+    model = pipeline.model
+    column = model.schema.names.index("bg_color")
+    target[0] = factual[0]  # a null edit among real ones
+    t = pipeline.scheduler.timesteps[0]
+    noisy = pipeline.scheduler.add_noise(images, torch.randn_like(images), t)
+    away = model.guided_noise(noisy, t, target, {"bg_color": 2.0}, negative=factual)
+    with torch.inference_mode():
+        full = model.predict_noise(noisy, t, target)
+        at_source = target.clone()
+        at_source[:, column] = factual[:, column]
+        source = model.predict_noise(noisy, t, at_source)
+        dropped = model.guided_noise(noisy, t, target, {"bg_color": 2.0})
+    # eps(target) + w (eps(target) - eps(the attribute at its source value)) where the edit changes it
+    torch.testing.assert_close(away[1:], (full + 2.0 * (full - source))[1:], rtol=1e-4, atol=1e-4)
+    # a row the edit keeps has no source direction: the attribute is dropped, as classifier-free guidance does
+    torch.testing.assert_close(away[:1], dropped[:1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(away[1:], dropped[1:])
+
+    settings = InferenceSettings(4, 1.0, {"bg_color": 3.0}, inversion="ddpm", negative="source")
+    path = pipeline.inversion_path(images, factual, settings)
+    assert torch.equal(path.factual, factual) and torch.equal(path.select([1, 1]).factual, factual[[1, 1]])
+    edits = {negative: pipeline.decode(path, target, replace(settings, negative=negative)) for negative in NEGATIVES}
+    assert not torch.equal(edits["source"][1:], edits["dropped"][1:])
+    torch.testing.assert_close(edits["source"][:1], edits["dropped"][:1], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="needs the path's factual values"):
+        pipeline.decode(replace(path, factual=None), target, settings)
+    with pytest.raises(CfgenError, match="--negative must be one of dropped, source, not 'target'"):
+        InferenceSettings(negative="target")
+
+
+def test_settings_that_differ_in_decoding_share_one_abduction(dataset: Path, generator: Path) -> None:
+    """The tuner decodes every guidance, start and negative of a grid from one inversion and mask: the
+    images are those each setting makes alone."""
+    model, table = Generator.load(generator), read_imagefolder(dataset)
+    requests = plan_requests(table, model.schema, parse_intervention("bg_color=random", model.schema), rows=[0, 1, 2])
+    base = InferenceSettings(4, 1.0, {"bg_color": 3.0}, localize="edit", inversion="ddpm")
+    variants = [base, replace(base, guidance={"bg_color": 6.0}), replace(base, negative="source"),
+                replace(base, guidance_start=0.5)]  # fmt: skip
+    source = GeneratorSource(model, generator, base, "no")
+    together = source.make_each(table, requests, variants)
+    for settings, images in zip(variants, together, strict=True):
+        assert np.array_equal(images, GeneratorSource(model, generator, settings, "no").make(table, requests))
+    assert len({images.tobytes() for images in together}) == len(variants)  # each setting made its own edits
+    with pytest.raises(ValueError, match="must share its steps, inversion_depth, inversion, localize"):
+        source.make_each(table, requests, [replace(base, inversion_depth=0.5)])
 
 
 def test_edit_friendly_inversion_reconstructs_and_draws_its_noise_from_each_image(

@@ -14,7 +14,7 @@ from PIL import Image
 
 from cfgen.cli import main
 from cfgen.generator.config import PRESETS as GENERATOR_PRESETS
-from cfgen.pipeline import LOCALIZED, PRESETS
+from cfgen.pipeline import AWAY_FROM, LOCALIZED, PRESETS
 from cfgen.runtime import resolve_mixed_precision
 
 pytestmark = pytest.mark.trains
@@ -103,6 +103,7 @@ def test_metrics_and_report(run_dir: Path) -> None:
     assert chosen["inversion_depth"] in (0.6, 1.0) and chosen["guidance"] == 3.0 and chosen["steps"] == 4
     assert "Inference settings chosen on the validation split" in report
     assert f"fg_color: {LOCALIZED[chosen['localize']]}, DDPM inversion" in report  # the tiny grid: DDPM, all masks
+    assert f"guidance 3 {AWAY_FROM[chosen['negative']]}" in report  # the tiny grid: either negative
     accuracy = metrics["counterfactual_quality"]["judge_accuracy_on_sources"]
     assert {"digit", "thickness", "fg_color", "bg_color"} <= set(accuracy)
     judged = ", ".join(f"{name} at {value:.3f}" for name, value in accuracy.items())
@@ -140,5 +141,5 @@ def test_every_preset_names_a_generator_preset_and_every_setting() -> None:
     for name, settings in PRESETS.items():
         assert name in GENERATOR_PRESETS
         assert set(settings) == set(PRESETS["quick"]), name
-        grid = {"depths", "guidance", "guidance_starts", "holds", "localize", "inversions"}
+        grid = {"depths", "guidance", "guidance_starts", "holds", "localize", "inversions", "negatives"}
         assert set(settings["tune"]) == {"sources", *grid}, name

@@ -48,3 +48,21 @@ def test_exact_renderer_is_composable_and_reversible_and_a_drift_is_not(tmp_path
     drifted = composition(drift, images, values)
     assert (drifted["1"] > 0).all() and (drifted["1"] < drifted["10"]).all()
     assert (reversibility(lambda b, f, t: b, counterfactuals, edited_values, images, values) > 0).all()  # stays
+
+
+def test_composition_stops_editing_at_a_fixed_point() -> None:
+    """A null edit that returns its input is not repeated: the later horizons are the same images."""
+    images = np.random.default_rng(0).integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)
+    values = [{"fg_color": "red"}] * len(images)
+    calls = []
+
+    def saturate(batch: np.ndarray, factual: list[dict], targets: list[dict]) -> np.ndarray:
+        calls.append(1)
+        return np.clip(batch.astype(int) + 100, 0, 255).astype(np.uint8)  # every pixel at 255 after 3 edits
+
+    found = composition(saturate, images, values)
+    assert len(calls) == 4  # three that change the images, one that shows they stopped changing
+    white = np.full_like(images, 255)
+    expected = np.abs(white.astype(float) - images).reshape(len(images), -1).mean(1) / 255
+    np.testing.assert_allclose(found["10"], expected, rtol=1e-6)
+    assert (found["1"] < found["10"]).all()

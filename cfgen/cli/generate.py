@@ -10,6 +10,7 @@ from cfgen.generator.inference import (
     DEFAULT_STEPS,
     INVERSIONS,
     LOCALIZE,
+    NEGATIVES,
 )
 from cfgen.runtime import MIXED_PRECISION_CHOICES
 
@@ -69,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "inversion (default: the generator's per attribute, chosen by tune-inference, else ddpm)",
     )
     inference.add_argument(
+        "--negative",
+        choices=NEGATIVES,
+        help="what guidance pushes an edited attribute away from: the attribute dropped (dropped: classifier-free "
+        "guidance) or its source value (source: the edit's own direction, which reaches further) (default: the "
+        f"generator's per attribute, chosen by tune-inference, else {NEGATIVES[0]})",
+    )
+    inference.add_argument(
         "--mixed-precision",
         choices=MIXED_PRECISION_CHOICES,
         default="auto",
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> None:
         localize=args.localize,
         inversion=args.inversion,
         guidance_start=args.guidance_start,
+        negative=args.negative,
         mixed_precision=args.mixed_precision,
         resize=args.resize,
         data_format=args.format,

@@ -4,8 +4,16 @@ import argparse
 from pathlib import Path
 
 from cfgen.cli.options import add_format_argument, add_renamed
-from cfgen.counterfactuals.tuning import DEFAULT_SOURCES, DEPTHS, GUIDANCE, GUIDANCE_STARTS, HOLDS, tune_inference
-from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE
+from cfgen.counterfactuals.tuning import (
+    DEFAULT_SOURCES,
+    DEPTHS,
+    GUIDANCE,
+    GUIDANCE_NEGATIVES,
+    GUIDANCE_STARTS,
+    HOLDS,
+    tune_inference,
+)
+from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, NEGATIVES
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.judges import (
     DEFAULT_JUDGE_BATCH_SIZE,
@@ -64,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"inversions to try, comma-separated: {', '.join(INVERSIONS)} (default: both)",
     )
     parser.add_argument(
+        "--negatives",
+        type=_names,
+        default=GUIDANCE_NEGATIVES,
+        help=f"what guidance pushes away from, to try, comma-separated: {', '.join(NEGATIVES)} (see generate "
+        "--negative; default: %(default)s)",
+    )
+    parser.add_argument(
         "--ddim-steps", dest="steps", type=int, default=DEFAULT_STEPS, help="DDIM steps each way (default %(default)s)"
     )
     add_renamed(parser, "--steps", "--ddim-steps", dest="steps", type=int)
@@ -81,14 +96,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     inference = tune_inference(
         args.generator, args.data, args.split, args.attributes, args.depths, args.guidance,
-        args.localize, args.steps, args.inversions, args.guidance_starts, args.holds,
+        args.localize, args.steps, args.inversions, args.guidance_starts, args.holds, args.negatives,
         args.sources, args.judge_steps, args.judge_batch_size, args.judge_images, args.judge_cache,
         args.mixed_precision, args.seed, progress=True, data_format=args.format,
         resize=args.resize,
     )  # fmt: skip
     for name, settings in inference["attributes"].items():
-        # attributes tuned before (kept in the record) may predate the inversion, start and hold choices
+        # attributes tuned before (kept in the record) may predate the inversion, start, negative and hold choices
         print(f"{name}: {settings.get('inversion', 'ddim')} inversion to depth {settings['inversion_depth']}, "
-              f"guidance {settings['guidance']} from {settings.get('guidance_start', 0.0)}, holding the rest at "
+              f"guidance {settings['guidance']} from {settings.get('guidance_start', 0.0)} (negative "
+              f"{settings.get('negative', 'dropped')}), holding the rest at "
               f"{settings.get('hold', 0.0)}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

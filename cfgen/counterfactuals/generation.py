@@ -95,6 +95,18 @@ class GeneratorSource:
         }
 
     def make(self, table: MetadataTable, requests: Sequence[Request]) -> np.ndarray:
+        return self.make_each(table, requests, [self.inference])[0]
+
+    def make_each(
+        self, table: MetadataTable, requests: Sequence[Request], decodings: Sequence[InferenceSettings]
+    ) -> list[np.ndarray]:
+        """The requests' images under each of ``decodings``: settings that differ from this source's
+        only in how they decode (guidance, its start), so the sources are inverted, and the edit's
+        mask drawn, once for all of them."""
+        abduction = ("steps", "inversion_depth", "inversion", "localize")  # decoding sets the others
+        ours = [getattr(self.inference, key) for key in abduction]
+        if any([getattr(settings, key) for key in abduction] != ours for settings in decodings):
+            raise ValueError(f"settings decoded from one abduction must share its {', '.join(abduction)}")
         # each source image is inverted once, however many counterfactuals the batch asks of it
         rows = list(dict.fromkeys(request.row for request in requests))
         of_request = [rows.index(request.row) for request in requests]
@@ -108,8 +120,8 @@ class GeneratorSource:
         dtype = autocast_dtype(self.mixed_precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             path = self.pipeline.inversion_path(images, factual, self.inference).select(of_request)
-            samples = self.pipeline.edit(path, factual[of_request], target, self.inference)
-        return to_uint8(samples)
+            mask = self.pipeline.edit_mask(path, factual[of_request], target, self.inference)
+            return [to_uint8(self.pipeline.decode(path, target, settings, mask)) for settings in decodings]
 
 
 def folder_digest(folder: Path) -> str:
@@ -198,6 +210,7 @@ def generate_counterfactuals(
     localize: str | None = None,
     inversion: str | None = None,
     guidance_start: float | None = None,
+    negative: str | None = None,
     mixed_precision: str = "auto",
     resize: int | None = None,
     data_format: str = "auto",
@@ -228,7 +241,7 @@ def generate_counterfactuals(
     if str(generator) == EXACT:
         given = {
             "--ddim-steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance, "--localize": localize,
-            "--inversion": inversion, "--guidance-start": guidance_start,
+            "--inversion": inversion, "--guidance-start": guidance_start, "--negative": negative,
         }  # fmt: skip
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
@@ -252,8 +265,9 @@ def generate_counterfactuals(
         check_sources(model, table if rows is None else table.select(np.array(rows)), str(folder), resize)
         intervention = parse_intervention(intervene, model.schema)
         inference = settings_for(
-            model, intervention.attributes, steps, inversion_depth, guidance, localize, inversion, guidance_start
-        )
+            model, intervention.attributes, steps, inversion_depth, guidance, localize, inversion, guidance_start,
+            negative,
+        )  # fmt: skip
         source = GeneratorSource(model, folder, inference, resolve_mixed_precision(mixed_precision))
     requests = plan_requests(table, source.schema, intervention, seed=seed, rows=rows)
 

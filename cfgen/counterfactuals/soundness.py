@@ -8,8 +8,9 @@
 - realism: the Frechet distance between the features of real images and of the counterfactuals,
   in the evaluation judges' feature space (so nothing is downloaded); 0 for the same distribution.
 
-Any editing function fits ``Edit``: a trained generator's pipeline, or the exact renderer of the
-built-in data, for which composition and reversibility are 0 by construction.
+Any deterministic editing function fits ``Edit``: a trained generator's pipeline (its noise is
+drawn from each image's content), or the exact renderer of the built-in data, for which
+composition and reversibility are 0 by construction.
 """
 
 import json
@@ -38,10 +39,17 @@ def l1(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def composition(edit: Edit, images: np.ndarray, values: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
-    """Per image, the L1 distance to the source after each horizon of null edits (edited to its own values)."""
+    """Per image, the L1 distance to the source after each horizon of null edits (edited to its own values).
+
+    Edits are deterministic, so once a null edit returns its input unchanged every later one would
+    return it again: the remaining horizons are read off without editing (a localized null edit
+    whose mask is empty gets there at once)."""
     found, current = {}, images
     for step in range(1, max(HORIZONS) + 1):
-        current = edit(current, values, values)
+        edited = edit(current, values, values)
+        if np.array_equal(edited, current):
+            return found | {str(horizon): l1(current, images) for horizon in HORIZONS if horizon >= step}
+        current = edited
         if step in HORIZONS:
             found[str(step)] = l1(current, images)
     return found
@@ -91,6 +99,7 @@ def generator_edit(counterfactual_folder: str | Path, batch_size: int = 64) -> E
         config["steps"], config["inversion_depth"], config["guidance"], config["localize"],
         config.get("inversion", "ddim"),  # folders made before the inversion was a choice
         config.get("guidance_start", 0.0),  # or before guidance could start late
+        config.get("negative", "dropped"),  # or before guidance could push away from the source
     )  # fmt: skip
 
     def edit(images: np.ndarray, values: Sequence[dict[str, str]], targets: Sequence[dict[str, str]]) -> np.ndarray:

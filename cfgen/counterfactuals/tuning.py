@@ -33,7 +33,14 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.images import load_images
 from cfgen.data.table import SPLIT_COLUMN
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, InferenceSettings, held_guidance
+from cfgen.generator.inference import (
+    DEFAULT_STEPS,
+    INVERSIONS,
+    LOCALIZE,
+    NEGATIVES,
+    InferenceSettings,
+    held_guidance,
+)
 from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import store_inference
 from cfgen.interventions import RANDOM, Intervention, Request, plan_requests
@@ -53,7 +60,13 @@ GUIDANCE_STARTS = (0.0,)  # guidance at every step; InferenceSettings.guidance_s
 DEFAULT_SOURCES = 200
 BATCH = 64  # edits made at once
 HOLDS = ()  # hold weights tried at the grid's best point (none: the edit alone is guided)
-SETTING_KEYS = ("inversion_depth", "guidance", "localize", "inversion", "guidance_start", "hold")  # what a point sets
+# Negatives tried by default: guidance away from the source value pays where edits fall short of the
+# target (a briefly trained model) and overshoots where they do not, and reach rewards the overshoot,
+# so it is tried only where asked (docs/generator.md).
+GUIDANCE_NEGATIVES = ("dropped",)
+SETTING_KEYS = (  # what a point sets
+    "inversion_depth", "guidance", "localize", "inversion", "guidance_start", "negative", "hold",
+)  # fmt: skip
 REACH_FRACTIONS = np.linspace(0.05, 1.0, 20)  # the points on the way from a source to its edit that reach reads
 CRITERION = (
     "graded success: target reached and every other judged variable read as on the source, weighted by "
@@ -95,6 +108,7 @@ def tune_inference(
     inversions: tuple[str, ...] = INVERSIONS,
     guidance_starts: tuple[float, ...] = GUIDANCE_STARTS,
     holds: tuple[float, ...] = HOLDS,
+    negatives: tuple[str, ...] = GUIDANCE_NEGATIVES,
     sources: int = DEFAULT_SOURCES,
     judge_steps: int = DEFAULT_JUDGE_STEPS,
     judge_batch_size: int = DEFAULT_JUDGE_BATCH_SIZE,
@@ -130,15 +144,19 @@ def tune_inference(
     unknown = [name for name in attributes if name not in editable]
     if unknown:
         raise CfgenError(f"cannot tune edits of {unknown[0]!r}; attributes the generator edits: {', '.join(editable)}")
-    if not depths or not guidance or not localize or not inversions or not guidance_starts:
+    if not depths or not guidance or not localize or not inversions or not guidance_starts or not negatives:
         raise CfgenError(
-            "give at least one inversion depth, guidance weight, guidance start, localize choice and inversion "
-            "to choose from"
+            "give at least one inversion depth, guidance weight, guidance start, localize choice, inversion and "
+            "negative to choose from"
         )
     bad = [hold for hold in holds if not (hold > 0 and np.isfinite(hold))]
     if bad:
         raise CfgenError(f"hold weights must be positive numbers, not {bad[0]}")
-    for given, valid, what in ((inversions, INVERSIONS, "inversion"), (localize, LOCALIZE, "localize choice")):
+    for given, valid, what in (
+        (inversions, INVERSIONS, "inversion"),
+        (localize, LOCALIZE, "localize choice"),
+        (negatives, NEGATIVES, "negative"),
+    ):
         unknown = [name for name in given if name not in valid]
         if unknown:
             raise CfgenError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(valid)}")
@@ -151,51 +169,66 @@ def tune_inference(
     precision = resolve_mixed_precision(mixed_precision)
 
     def score(
-        name: str, requests: list[Request], targets: np.ndarray, originals: np.ndarray, point: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The validation edits of ``name`` at one grid point (``SETTING_KEYS``), read by the judges."""
-        weights = {name: point["guidance"], **held_guidance(schema, [name], point["hold"])}
-        settings = InferenceSettings(
-            steps, point["inversion_depth"], weights, point["localize"], point["inversion"], point["guidance_start"]
-        )
-        source = GeneratorSource(model, folder, settings, precision)
+        name: str, requests: list[Request], targets: np.ndarray, originals: np.ndarray, points: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The validation edits of ``name`` at grid points (``SETTING_KEYS``) that differ only in how they
+        decode, read by the judges: the sources are inverted, and their masks drawn, once for all."""
+        settings = [
+            InferenceSettings(
+                steps,
+                point["inversion_depth"],
+                {name: point["guidance"], **held_guidance(schema, [name], point["hold"])},
+                point["localize"],
+                point["inversion"],
+                point["guidance_start"],
+                point["negative"],
+            )
+            for point in points
+        ]
+        source = GeneratorSource(model, folder, settings[0], precision)
         batches = [requests[start : start + BATCH] for start in range(0, len(requests), BATCH)]
-        edits = np.concatenate([source.make(table, batch) for batch in batches])
-        read = judges(edits)
-        hit = read[name] == targets
-        kept = np.ones(len(requests), dtype=bool)
-        for other, codes in read.items():
-            if other != name:
-                kept &= codes == on_sources[other]
-        reached = reach(judges, name, originals, edits, targets)
-        scored = {
-            **point,
-            "effectiveness": float(hit.mean()),
-            "kept": float(kept.mean()),
-            "success": float((hit & kept).mean()),
-            "reach": float(reached[hit].mean()) if hit.any() else 0.0,
-            "graded_success": float(((hit & kept) * reached).mean()),
-            "change": float(np.abs(edits / 255 - originals / 255).mean()),
-        }
-        if progress:
-            print(f"{name}: " + ", ".join(f"{key} {point[key]}" for key in SETTING_KEYS) + ": " + ", ".join(
-                f"{key} {scored[key]:.3f}" for key in ("effectiveness", "kept", "success", "graded_success")
-            ), flush=True)  # fmt: skip
+        made = [source.make_each(table, batch, settings) for batch in batches]  # per batch, per point
+        scored = []
+        for index, point in enumerate(points):
+            edits = np.concatenate([each[index] for each in made])
+            read = judges(edits)
+            hit = read[name] == targets
+            kept = np.ones(len(requests), dtype=bool)
+            for other, codes in read.items():
+                if other != name:
+                    kept &= codes == on_sources[other]
+            reached = reach(judges, name, originals, edits, targets)
+            scored.append({
+                **point,
+                "effectiveness": float(hit.mean()),
+                "kept": float(kept.mean()),
+                "success": float((hit & kept).mean()),
+                "reach": float(reached[hit].mean()) if hit.any() else 0.0,
+                "graded_success": float(((hit & kept) * reached).mean()),
+                "change": float(np.abs(edits / 255 - originals / 255).mean()),
+            })  # fmt: skip
+            if progress:
+                print(f"{name}: " + ", ".join(f"{key} {point[key]}" for key in SETTING_KEYS) + ": " + ", ".join(
+                    f"{key} {scored[-1][key]:.3f}" for key in ("effectiveness", "kept", "success", "graded_success")
+                ), flush=True)  # fmt: skip
         return scored
 
-    grid_points = [  # held at none: a hold is tried at the best of them
-        dict(zip(SETTING_KEYS, (depth, weight, local, inversion, start, 0.0), strict=True))
-        for inversion, local, depth, weight, start in product(inversions, localize, depths, guidance, guidance_starts)
+    abductions = [  # each with the points decoded from it; held at none: a hold is tried at the best point
+        [
+            dict(zip(SETTING_KEYS, (depth, weight, local, inversion, start, negative, 0.0), strict=True))
+            for weight, start, negative in product(guidance, guidance_starts, negatives)
+        ]
+        for inversion, local, depth in product(inversions, localize, depths)
     ]
     chosen, grid = {}, {}
     for name in attributes:
         requests = plan_requests(table, schema, Intervention(((name, RANDOM),)), seed=seed, rows=rows.tolist())
         targets = schema[name].encode(np.array([request.target[name] for request in requests]))
         originals = load_images(table.image_paths[[request.row for request in requests]], model.image_format)
-        scores = [score(name, requests, targets, originals, point) for point in grid_points]
+        scores = [scored for points in abductions for scored in score(name, requests, targets, originals, points)]
         best = choose_setting(scores, len(requests))
         held = [{**{key: best[key] for key in SETTING_KEYS}, "hold": hold} for hold in holds]
-        held_scores = [score(name, requests, targets, originals, point) for point in held]
+        held_scores = score(name, requests, targets, originals, held) if held else []
         scores += held_scores
         best = choose_setting([best, *held_scores], len(requests))  # the grid's best, held or not
         chosen[name] = {

@@ -26,6 +26,12 @@ INVERSIONS = ("ddpm", "ddim")
 # values differs from that under the factual ones (edit: suits what covers little, a stroke's colour);
 # wherever the other variables have no say (others: suits what covers much, a background).
 LOCALIZE = ("no", "edit", "others")
+# What guidance on an edited attribute pushes away from: the prediction with the attribute dropped
+# (dropped: classifier-free guidance), or with the attribute at the source image's value (source:
+# the edit's own direction, so what is left of the old value is pushed out too; it reaches further
+# toward the target and past it, docs/generator.md). Where an edit keeps an attribute's value (a
+# hold, a null edit) there is no source direction, and it is dropped.
+NEGATIVES = ("dropped", "source")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class InferenceSettings:
     # redraws shapes, at low noise it changes appearance; where an edit should keep the shape, a late
     # start keeps more of it (docs/generator.md).
     guidance_start: float = 0.0
+    negative: str = NEGATIVES[0]  # one of NEGATIVES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "localize", saved_localize(self.localize))
@@ -54,6 +61,8 @@ class InferenceSettings:
             )
         if self.inversion not in INVERSIONS:
             raise CfgenError(f"--inversion must be one of {', '.join(INVERSIONS)}, not {self.inversion!r}")
+        if self.negative not in NEGATIVES:
+            raise CfgenError(f"--negative must be one of {', '.join(NEGATIVES)}, not {self.negative!r}")
         if not 0 <= self.guidance_start < 1:
             raise CfgenError(
                 f"--guidance-start must be in [0, 1) (a fraction of the decoding steps), not {self.guidance_start!r}"
@@ -70,6 +79,7 @@ class InferenceSettings:
             "localize": self.localize,
             "inversion": self.inversion,
             "guidance_start": self.guidance_start,
+            "negative": self.negative,
         }
 
     def guidance_at(self, step: int) -> dict[str, float]:
@@ -114,6 +124,7 @@ def settings_for(
     localize: str | None = None,
     inversion: str | None = None,
     guidance_start: float | None = None,
+    negative: str | None = None,
 ) -> InferenceSettings:
     """The settings of an edit of ``intervened``: what is given, else what was chosen for those
     attributes on validation data and saved with the generator, else the defaults.
@@ -122,8 +133,9 @@ def settings_for(
     demanding of them needs, guides each attribute with its own weight from the earliest step any of
     them is guided, and is localized (or inverted edit-friendly) when any of them is (masks of two
     kinds: `others`); the variables none of them edits are held with the strongest hold saved for
-    them (guidance toward their source values), unless ``guidance`` is given. Settings saved before
-    the inversion was a choice were chosen with DDIM's.
+    them (guidance toward their source values), unless ``guidance`` is given, and guided away from
+    their source values when any of them is. Settings saved before the inversion was a choice were
+    chosen with DDIM's, those saved before the negative was with the attribute dropped.
     """
     chosen = generator.inference.get("attributes", {})
     tuned = [chosen[name] for name in intervened if name in chosen]
@@ -147,6 +159,9 @@ def settings_for(
         guidance_start=guidance_start
         if guidance_start is not None
         else min((t.get("guidance_start", 0.0) for t in tuned), default=0.0),
+        negative=negative
+        if negative is not None
+        else max((t.get("negative", NEGATIVES[0]) for t in tuned), default=NEGATIVES[0], key=NEGATIVES.index),
     )
 
 

@@ -107,25 +107,37 @@ class Generator:
         return self.unet(sample, timesteps, class_labels=self.encoder(conditions, keep)).sample
 
     def guided_noise(
-        self, sample: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor, guidance: dict[str, float]
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditions: torch.Tensor,
+        guidance: dict[str, float],
+        negative: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-attribute classifier-free guidance in one batched forward pass.
 
-        eps = eps(all) + sum_a w_a * (eps(all) - eps(all but a)): each guided attribute is pushed
-        toward its requested value given every other variable.
+        eps = eps(all) + sum_a w_a * (eps(all) - eps(negative of a)): each guided attribute is pushed
+        toward its requested value given every other variable, away from the prediction with a dropped,
+        or, where ``negative`` (B, V) rows hold another value of a, with a at that value.
         """
         names = [name for name, weight in guidance.items() if weight]
         if not names:
             return self.predict_noise(sample, timesteps, conditions)
         batch, variables = conditions.shape
-        keep = torch.ones(len(names) + 1, batch, variables, dtype=torch.bool, device=conditions.device)
-        for j, name in enumerate(names, start=1):
-            keep[j, :, self.schema.names.index(name)] = False
         repeat = len(names) + 1
+        keep = torch.ones(repeat, batch, variables, dtype=torch.bool, device=conditions.device)
+        rows = conditions.repeat(repeat, 1, 1)
+        for j, name in enumerate(names, start=1):
+            column = self.schema.names.index(name)
+            if negative is not None:
+                keep[j, :, column] = negative[:, column] != conditions[:, column]
+                rows[j, :, column] = negative[:, column]
+            else:
+                keep[j, :, column] = False
         noise = self.predict_noise(
             sample.repeat(repeat, 1, 1, 1),
             timesteps.repeat(repeat) if timesteps.ndim else timesteps,
-            conditions.repeat(repeat, 1),
+            rows.reshape(repeat * batch, variables),
             keep.reshape(repeat * batch, variables),
         ).reshape(repeat, *sample.shape)
         full = noise[0]

@@ -73,15 +73,22 @@ class CounterfactualPipelineOutput(BaseOutput):
 class InversionPath:
     """Abduction's result: ``latents[0]`` the images, ``latents[k]`` the latent k levels up (the last is
     where decoding starts); with the edit-friendly inversion, ``corrections[s]`` is added to decoding
-    step s (from the noisiest), the part of the source's next latent the model does not predict."""
+    step s (from the noisiest), the part of the source's next latent the model does not predict;
+    ``factual``, the (B, V) rows the images were inverted under, what guidance pushes an edit away
+    from (``InferenceSettings.negative``)."""
 
     latents: list[torch.Tensor]
     corrections: list[torch.Tensor] | None = None
+    factual: torch.Tensor | None = None
 
     def select(self, rows: Sequence[int] | torch.Tensor) -> "InversionPath":
         """The path of the given images (by index, repeats allowed: one per counterfactual)."""
         pick = lambda tensors: [tensor[rows] for tensor in tensors]  # noqa: E731
-        return InversionPath(pick(self.latents), None if self.corrections is None else pick(self.corrections))
+        return InversionPath(
+            pick(self.latents),
+            None if self.corrections is None else pick(self.corrections),
+            None if self.factual is None else self.factual[rows],
+        )
 
 
 @dataclass
@@ -189,7 +196,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         for t in self.inversion_timesteps(settings):
             noise = model.predict_noise(path[-1], t, factual).to(images.dtype)
             path.append(self.inverse_scheduler.step(noise, int(t), path[-1]).prev_sample)
-        return InversionPath(path)
+        return InversionPath(path, factual=factual)
 
     @torch.inference_mode()
     def edit_friendly_inversion(
@@ -217,7 +224,7 @@ class CounterfactualPipeline(DiffusionPipeline):
             sample, target = latents[settings.steps - step], latents[settings.steps - 1 - step]
             eps = model.predict_noise(sample, t, factual).to(images.dtype)
             corrections.append(target - self.ddpm_step(eps, t, sample))
-        return InversionPath(latents, corrections)
+        return InversionPath(latents, corrections, factual)
 
     def ddpm_step(self, eps: torch.Tensor, t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The mean of DDPM's step from ``t`` to the previous decoding timestep (DDIM with eta 1, no noise)."""
@@ -227,10 +234,10 @@ class CounterfactualPipeline(DiffusionPipeline):
     @torch.inference_mode()
     def edit_mask(
         self, path: InversionPath, factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """(steps, B, 1, H, W): for each decoding step, noisiest first, 1 where the edit may change the
         image; from the model's own predictions along the source's inversion path, no knowledge of the
-        images.
+        images. None where the edit is not localized (``settings.localize`` "no").
 
         ``edit``: where the noise predicted under the target values differs from that under the factual
         ones, split from the rest by Otsu's threshold (per image) and grown by a pixel, at every step.
@@ -240,6 +247,8 @@ class CounterfactualPipeline(DiffusionPipeline):
         round every stroke); it is kept whole while shapes are decided, and for the least noisy
         ``RIM_STEPS`` of the steps the edit reaches a pixel into it.
         """
+        if settings.localize == "no":
+            return None
         model = self.model
         kept = (target == factual).float()  # (B, V): the variables the edit keeps
         influence = torch.zeros_like(path.latents[0][:, :1], dtype=torch.float32)
@@ -277,15 +286,19 @@ class CounterfactualPipeline(DiffusionPipeline):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Prediction: from the path's noise to an image under ``target``, guided per attribute from
-        ``settings.guidance_start`` on (DDIM, or DDPM's step plus the path's corrections).
+        ``settings.guidance_start`` on, away from the path's factual values or the attribute dropped
+        (``settings.negative``) (DDIM, or DDPM's step plus the path's corrections).
 
         With a ``mask`` (``edit_mask``: one per step), each step's result outside it is replaced by the
         source's latent at the same noise level, so what the edit must not touch ends as it was.
         """
         model = self.model
+        if settings.negative == "source" and path.factual is None and any(settings.guidance.values()):
+            raise ValueError("guidance away from the source needs the path's factual values (InversionPath.factual)")
+        negative = path.factual if settings.negative == "source" else None
         sample = path.latents[-1]
         for step, t in enumerate(self.decoding_timesteps(settings)):
-            eps = model.guided_noise(sample, t, target, settings.guidance_at(step)).to(sample.dtype)
+            eps = model.guided_noise(sample, t, target, settings.guidance_at(step), negative).to(sample.dtype)
             if path.corrections is None:
                 sample = self.scheduler.step(eps, int(t), sample, eta=0.0).prev_sample
             else:
@@ -298,8 +311,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         self, path: InversionPath, factual: torch.Tensor, target: torch.Tensor, settings: InferenceSettings
     ) -> torch.Tensor:
         """Action and prediction from a source's inversion path, within the model's own mask when localized."""
-        mask = None if settings.localize == "no" else self.edit_mask(path, factual, target, settings)
-        return self.decode(path, target, settings, mask)
+        return self.decode(path, target, settings, self.edit_mask(path, factual, target, settings))
 
     # ---- what users call: images, rows of values and an intervention in ----
 
@@ -361,6 +373,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         localize: str | None = None,
         inversion: str | None = None,
         guidance_start: float | None = None,
+        negative: str | None = None,
         seed: int = 0,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -395,7 +408,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         # 3. The inference settings: those given, else those chosen for the edited attributes
         weights = None if guidance is None else str(guidance)
         settings = settings_for(
-            model, parsed.attributes, steps, inversion_depth, weights, localize, inversion, guidance_start
+            model, parsed.attributes, steps, inversion_depth, weights, localize, inversion, guidance_start, negative
         )
 
         # 4. Abduction: invert each source image once, along its path
