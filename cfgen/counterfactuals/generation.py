@@ -101,8 +101,8 @@ class GeneratorSource:
         self, table: MetadataTable, requests: Sequence[Request], decodings: Sequence[InferenceSettings]
     ) -> list[np.ndarray]:
         """The requests' images under each of ``decodings``: settings that differ from this source's
-        only in how they decode (guidance, its start), so the sources are inverted, and the edit's
-        mask drawn, once for all of them."""
+        only in how they decode (guidance, its start, the negative), so the sources are inverted, and
+        the edit's mask drawn, once for all of them."""
         abduction = ("steps", "inversion_depth", "inversion", "localize")  # decoding sets the others
         ours = [getattr(self.inference, key) for key in abduction]
         if any([getattr(settings, key) for key in abduction] != ours for settings in decodings):
