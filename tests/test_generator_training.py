@@ -356,6 +356,8 @@ def test_two_processes_write_one_generator(dataset: Path, tmp_path: Path):
         "tiny",
         "--deconfound",
         "reweight,consistency",
+        "--lr-schedule",
+        "cosine",
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
@@ -364,6 +366,14 @@ def test_two_processes_write_one_generator(dataset: Path, tmp_path: Path):
     assert record["num_processes"] == 2 and record["effective_batch_size"] == 16 and record["steps"] == 4
     assert result.stdout.count("wrote ") == 1
     assert not list(out.glob(".*"))  # no staging folders left behind
+    # its decay counts the steps of both processes: one process may not resume it
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(out, interrupted)
+    (interrupted / CONFIG_FILE).unlink()  # as if stopped after the checkpoint at step 2
+    shutil.rmtree(interrupted / "checkpoints" / "checkpoint-4")
+    refusal = r"--resume with 1 process\(es\): the run .* trained with 2, .* resume it with 2"
+    with pytest.raises(CfgenError, match=refusal):
+        train_generator(dataset, interrupted, label="y", preset="tiny", deconfound="reweight,consistency", resume=True)
 
 
 def test_shift_moves_each_image_by_a_few_pixels() -> None:

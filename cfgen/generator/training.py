@@ -82,19 +82,35 @@ class Denoiser(nn.Module):
 
 @dataclass
 class TrainingProgress:
-    """The optimizer step, the epoch and the batches of it consumed; checkpointed with the rest of the
-    state (register_for_checkpointing), so that a resumed run continues with the batch it would have drawn."""
+    """The optimizer step, the epoch and the batches of it consumed, and the number of processes that
+    took them; checkpointed with the rest of the state (register_for_checkpointing), so that a resumed
+    run continues with the batch it would have drawn."""
 
     step: int = 0
     epoch: int = 0
     batches: int = 0
+    processes: int = 0  # 0: a checkpoint written before the count was kept
 
     def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "epoch": self.epoch, "batches": self.batches}
+        return {"step": self.step, "epoch": self.epoch, "batches": self.batches, "processes": self.processes}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step = int(state["step"])
         self.epoch, self.batches = int(state.get("epoch", 0)), int(state.get("batches", 0))
+        self.processes = int(state.get("processes", 0))
+
+
+def check_schedule_resumable(config: TrainingConfig, progress: TrainingProgress, processes: int, out: Path) -> None:
+    """A prepared learning-rate schedule counts the steps of every process: where it depends on that
+    count (a warm-up not yet over, a decay), resuming with another number of processes would follow
+    another schedule."""
+    counted = config.lr_schedule != "constant" or progress.step < config.warmup_steps
+    if counted and progress.processes and progress.processes != processes:
+        raise CfgenError(
+            f"--resume with {processes} process(es): the run in {out} trained with {progress.processes}, and its "
+            f"learning-rate schedule ({config.lr_schedule}, warm-up {config.warmup_steps} steps) counts the steps "
+            f"of every process; resume it with {progress.processes}"
+        )
 
 
 def timestep_weights(num_train_timesteps: int, multiplier: float, portion: float) -> torch.Tensor:
@@ -237,11 +253,13 @@ def train(config: TrainingConfig) -> Path:
     ema = EMAModel(
         accelerator.unwrap_model(model).parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4
     )
-    progress = TrainingProgress()
+    progress = TrainingProgress(processes=accelerator.num_processes)
     accelerator.register_for_checkpointing(ema, progress)
     set_seed(config.seed, device_specific=True)  # different noise on each process
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        check_schedule_resumable(config, progress, accelerator.num_processes, out)
+        progress.processes = accelerator.num_processes
         ema.to(accelerator.device)
         accelerator.print(f"resumed from {resume_from} at step {progress.step}")
     resumed_from_step = progress.step or None
