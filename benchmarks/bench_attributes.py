@@ -43,7 +43,7 @@ from common import load_results, machine
 import cfgen.generator.pipeline
 from cfgen.counterfactuals import evaluate_counterfactuals
 from cfgen.counterfactuals.generation import EXACT, generate_counterfactuals
-from cfgen.counterfactuals.tuning import SETTING_KEYS, tune_inference
+from cfgen.counterfactuals.tuning import GUIDANCE_NEGATIVES, SETTING_KEYS, tune_inference
 from cfgen.io import write_json
 from cfgen.judges import DEFAULT_JUDGE_STEPS, default_judge_cache
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rim-steps", type=float, default=cfgen.generator.pipeline.RIM_STEPS, help="an ablation: 0 for none"
     )
     parser.add_argument("--holds", default="", help="hold weights tried at the grid's best point (default: none)")
-    parser.add_argument("--negatives", default="dropped,source", help="what guidance pushes away from, to try")
+    parser.add_argument("--negatives", default=",".join(GUIDANCE_NEGATIVES), help="what guidance pushes away from")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

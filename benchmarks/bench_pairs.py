@@ -324,7 +324,7 @@ def main() -> None:
         rows[name] = {"generation_seconds": seconds} | row
     points = [(weight, start, "dropped") for weight, start in GUIDANCE] if "guidance" in parts else []
     points += list(product(NEGATIVE_GUIDANCE, (0.0,), NEGATIVES)) if "negatives" in parts else []
-    for weight, start, negative in points:
+    for weight, start, negative in dict.fromkeys(points):  # the parts share some points
         name = f"generated, guidance {weight:g} from {start:.0%} of the steps"
         name += ", away from the source value" if negative == "source" else ""  # rows before the choice: dropped
         folder = work / f"cf-{slug(name)}"

@@ -177,12 +177,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     panels = sorted({(tie_of(e), e["attribute"], e["method"]) for e in entries})
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
     for axis, (tie, attribute, method) in zip(axes[0], panels, strict=True):
-        curves: dict[tuple[int, str, float, str, str, float], list[dict]] = {}
+        curves: dict[tuple[int, str, float, str, str, float, str], list[dict]] = {}
         for e in entries:
             if (tie_of(e), e["attribute"], e["method"]) == (tie, attribute, method):
                 procedure = (
                     e["localize"], e["depth"], e.get("recipe", "quick"), e.get("inversion", "ddim"),
-                    e.get("guidance_start", 0.0),
+                    e.get("guidance_start", 0.0), e.get("negative", "dropped"),
                 )  # fmt: skip
                 key = (e["train_steps"], *procedure)
                 curves.setdefault(key, []).append(e)
@@ -190,7 +190,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         colours = plt.cm.viridis([i / max(len(lengths) - 1, 1) for i in range(len(lengths))])
         depths = sorted({depth for _, _, depth, *_ in curves})
         markers = dict(zip(depths, "osD^v", strict=False))
-        for (steps, local, depth, recipe, inversion, start), points in sorted(curves.items()):
+        for (steps, local, depth, recipe, inversion, start, negative), points in sorted(curves.items()):
             points.sort(key=lambda e: e["guidance"])
             x = [p[p.get("headline", "rare")]["digit_agrees"] for p in points]
             y = [p[p.get("headline", "rare")]["effectiveness"] for p in points]
@@ -198,9 +198,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
             label += "" if local == "no" else f", localized ({local} mask)"
             label += ", DDPM inversion" if inversion == "ddpm" else ""
             label += f", guided from {start:.0%} of the steps" if start else ""
+            label += ", away from the source value" if negative == "source" else ""
             colour = colours[lengths.index(steps)]
             style = "-." if inversion == "ddpm" else ":" if recipe != "quick" else "-" if local == "no" else "--"
             style = (0, (1, 1)) if start else style  # densely dotted: guided from a later step
+            style = (0, (5, 1, 1, 1)) if negative == "source" else style  # dash-dot-dotted: away from the source
             axis.plot(x, y, label=label, marker=markers[depth], color=colour, linestyle=style)
             for p, xi, yi in zip(points, x, y, strict=True):
                 axis.annotate(f"{p['guidance']:g}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)

@@ -25,7 +25,7 @@ from conftest import write_folder
 from PIL import Image
 
 from cfgen.cli import main
-from cfgen.counterfactuals.generation import GeneratorSource, staging_dir
+from cfgen.counterfactuals.generation import SETTINGS_FILE, GeneratorSource, staging_dir
 from cfgen.counterfactuals.metrics import evaluate_counterfactuals
 from cfgen.counterfactuals.tuning import REACH_FRACTIONS, SETTING_KEYS, choose_setting, reach
 from cfgen.data.counterfactuals import image_name, write_counterfactual_folder
@@ -191,6 +191,11 @@ def test_killed_run_resumes_to_the_same_images(dataset: Path, generator: Path, r
                "--out", str(out)) == 2  # fmt: skip
     assert len(list(images.glob("*.png"))) == done
     before = {p.name: p.stat().st_mtime_ns for p in images.glob("*.png")}
+    # a partial run stored before the negative was a setting resumes as it began (the attribute dropped)
+    stored = staging_dir(out) / SETTINGS_FILE
+    settings = json.loads(stored.read_text())
+    assert settings.pop("negative") == "dropped"
+    stored.write_text(json.dumps(settings))
 
     assert cli("generate", "--generator", str(generator), "--data", str(dataset), *PLAN, "--out", str(out)) == 0
     assert not staging_dir(out).exists()
@@ -629,6 +634,17 @@ def test_guidance_starts_where_asked(dataset: Path, generator: Path, monkeypatch
     for bad in (1.0, -0.1):
         with pytest.raises(CfgenError, match=r"--guidance-start must be in \[0, 1\)"):
             InferenceSettings(guidance_start=bad)
+
+
+def test_settings_saved_before_the_negative_keep_the_attribute_dropped(generator: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "gen"
+    shutil.copytree(generator, folder)
+    old = {"steps": 4, "inversion_depth": 0.6, "guidance": 3.0, "localize": "edit"}  # no "negative"
+    store_inference(folder, {"attributes": {"fg_color": old, "thickness": {**old, "negative": "source"}}})
+    model = Generator.load(folder)
+    assert settings_for(model, ("fg_color",)).negative == "dropped"
+    assert settings_for(model, ("fg_color", "thickness")).negative == "source"  # a joint edit: source where any is
+    assert settings_for(model, ("thickness",), negative="dropped").negative == "dropped"  # what is given wins
 
 
 def test_guidance_pushes_away_from_the_source_value_where_the_edit_changes_it(dataset: Path, generator: Path) -> None:

@@ -35,7 +35,14 @@ from cfgen.generator.deconfounding import (
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.pipeline import save_generator
-from cfgen.generator.training import Denoiser, denoising_loss, train_generator, training_loss
+from cfgen.generator.training import (
+    Denoiser,
+    TrainingProgress,
+    check_schedule_resumable,
+    denoising_loss,
+    train_generator,
+    training_loss,
+)
 from cfgen.judges import AttributeJudges, train_judges
 from cfgen.judges.training import confounding_log_priors, shift
 
@@ -374,6 +381,20 @@ def test_two_processes_write_one_generator(dataset: Path, tmp_path: Path):
     refusal = r"--resume with 1 process\(es\): the run .* trained with 2, .* resume it with 2"
     with pytest.raises(CfgenError, match=refusal):
         train_generator(dataset, interrupted, label="y", preset="tiny", deconfound="reweight,consistency", resume=True)
+
+
+def test_a_schedule_that_counts_processes_resumes_only_with_as_many(tmp_path: Path) -> None:
+    def check(schedule: str, warmup: int, step: int, before: int, now: int) -> None:
+        config = TrainingConfig(data="d", out="o", preset="tiny", lr_schedule=schedule, warmup_steps=warmup)
+        check_schedule_resumable(config, TrainingProgress(step=step, processes=before), now, tmp_path)
+
+    check("cosine", 0, 5, 2, 2)  # the same count
+    check("cosine", 0, 5, 0, 2)  # a checkpoint from before the count was kept
+    check("constant", 50, 60, 2, 1)  # past the warm-up under either count
+    check("constant", 50, 120, 1, 2)
+    for refused in (("cosine", 0, 5, 2, 1), ("constant", 50, 10, 1, 2), ("constant", 50, 60, 1, 2)):
+        with pytest.raises(CfgenError, match=f"resume it with {refused[3]}"):  # in a warm-up under the new count
+            check(*refused)
 
 
 def test_shift_moves_each_image_by_a_few_pixels() -> None:

@@ -103,7 +103,7 @@ def test_metrics_and_report(run_dir: Path) -> None:
     assert chosen["inversion_depth"] in (0.6, 1.0) and chosen["guidance"] == 3.0 and chosen["steps"] == 4
     assert "Inference settings chosen on the validation split" in report
     assert f"fg_color: {LOCALIZED[chosen['localize']]}, DDPM inversion" in report  # the tiny grid: DDPM, all masks
-    assert f"guidance 3 {AWAY_FROM[chosen['negative']]}" in report  # the tiny grid: either negative
+    assert f"guidance 3, {AWAY_FROM[chosen['negative']]}" in report  # the tiny grid: either negative
     accuracy = metrics["counterfactual_quality"]["judge_accuracy_on_sources"]
     assert {"digit", "thickness", "fg_color", "bg_color"} <= set(accuracy)
     judged = ", ".join(f"{name} at {value:.3f}" for name, value in accuracy.items())

@@ -7,6 +7,7 @@ from cfgen.counterfactuals.generation import generate_counterfactuals, process_s
 from cfgen.generator.inference import (
     DEFAULT_GUIDANCE,
     DEFAULT_INVERSION_DEPTH,
+    DEFAULT_NEGATIVE,
     DEFAULT_STEPS,
     INVERSIONS,
     LOCALIZE,
@@ -74,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=NEGATIVES,
         help="what guidance pushes an edited attribute away from: the attribute dropped (dropped: classifier-free "
         "guidance) or its source value (source: the edit's own direction, which reaches further) (default: the "
-        f"generator's per attribute, chosen by tune-inference, else {NEGATIVES[0]})",
+        f"generator's per attribute, chosen by tune-inference, else {DEFAULT_NEGATIVE})",
     )
     inference.add_argument(
         "--mixed-precision",

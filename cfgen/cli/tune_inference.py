@@ -13,7 +13,7 @@ from cfgen.counterfactuals.tuning import (
     HOLDS,
     tune_inference,
 )
-from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, NEGATIVES
+from cfgen.generator.inference import DEFAULT_NEGATIVE, DEFAULT_STEPS, INVERSIONS, LOCALIZE, NEGATIVES
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.judges import (
     DEFAULT_JUDGE_BATCH_SIZE,
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_names,
         default=GUIDANCE_NEGATIVES,
         help=f"what guidance pushes away from, to try, comma-separated: {', '.join(NEGATIVES)} (see generate "
-        "--negative; default: %(default)s)",
+        f"--negative; default: {', '.join(GUIDANCE_NEGATIVES)})",
     )
     parser.add_argument(
         "--ddim-steps", dest="steps", type=int, default=DEFAULT_STEPS, help="DDIM steps each way (default %(default)s)"
@@ -105,6 +105,6 @@ def run(args: argparse.Namespace) -> None:
         # attributes tuned before (kept in the record) may predate the inversion, start, negative and hold choices
         print(f"{name}: {settings.get('inversion', 'ddim')} inversion to depth {settings['inversion_depth']}, "
               f"guidance {settings['guidance']} from {settings.get('guidance_start', 0.0)} (negative "
-              f"{settings.get('negative', 'dropped')}), holding the rest at "
+              f"{settings.get('negative', DEFAULT_NEGATIVE)}), holding the rest at "
               f"{settings.get('hold', 0.0)}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

@@ -22,7 +22,7 @@ import torch
 from scipy import linalg
 
 from cfgen.data.tensors import to_model_range, to_uint8
-from cfgen.generator.inference import InferenceSettings
+from cfgen.generator.inference import DEFAULT_NEGATIVE, InferenceSettings
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.pipeline import CounterfactualPipeline
 from cfgen.io import RUN_FILE
@@ -42,8 +42,8 @@ def composition(edit: Edit, images: np.ndarray, values: Sequence[dict[str, str]]
     """Per image, the L1 distance to the source after each horizon of null edits (edited to its own values).
 
     Edits are deterministic, so once a null edit returns its input unchanged every later one would
-    return it again: the remaining horizons are read off without editing (a localized null edit
-    whose mask is empty gets there at once)."""
+    return it again: the remaining horizons are read off without editing (a null edit within the
+    ``edit`` mask, empty where nothing is to change, gets there at once)."""
     found, current = {}, images
     for step in range(1, max(HORIZONS) + 1):
         edited = edit(current, values, values)
@@ -99,7 +99,7 @@ def generator_edit(counterfactual_folder: str | Path, batch_size: int = 64) -> E
         config["steps"], config["inversion_depth"], config["guidance"], config["localize"],
         config.get("inversion", "ddim"),  # folders made before the inversion was a choice
         config.get("guidance_start", 0.0),  # or before guidance could start late
-        config.get("negative", "dropped"),  # or before guidance could push away from the source
+        config.get("negative", DEFAULT_NEGATIVE),  # or before guidance could push away from the source
     )  # fmt: skip
 
     def edit(images: np.ndarray, values: Sequence[dict[str, str]], targets: Sequence[dict[str, str]]) -> np.ndarray:

@@ -3,8 +3,9 @@ with the generator as the defaults of ``cfgen generate`` and the pipeline.
 
 Guidance and inversion depth trade the edit against what it must keep: more of either reaches the
 target more often and keeps the rest less often, and what suits a thin stroke does not suit a
-background. For every attribute, and every (depth, guidance, guidance start) of a grid, the
-generator edits validation images to a random other value of it; the judges of
+background. For every attribute, and every (depth, guidance, guidance start, negative) of a grid,
+the generator edits validation images to a random other value of it (points that differ only in
+how they decode share one inversion and mask); the judges of
 ``evaluate-counterfactuals`` read the edits, and the setting with the most successes wins (the
 target reached and every other judged variable read as on the source image), each success weighted
 by how completely the edit reaches its target (``reach``: judges read values, not degrees, so a
@@ -14,12 +15,14 @@ that changes the source least (mean absolute pixel change), the minimal edit: th
 the labelled variables, and what no variable names (a bird's colour on a new background) should
 stay too. The grid also holds localized edits (``InferenceSettings.localize``: the source kept
 outside the model's own mask of what the edit changes, or of what the kept variables have no say
-in) and both inversions (DDIM's and the edit-friendly one), so each attribute gets the procedure
-that works for it. At the best point of that grid the tuner then tries *holding* what the edit
-keeps (``holds``: guidance of that weight toward its source value on every other variable, which
-stops a thickness edit dragging a rare stroke colour toward the digit's usual one), and keeps it
-where it wins by the same rule. The test split is never used: a setting chosen there would flatter
-every figure measured on it.
+in), both inversions (DDIM's and the edit-friendly one) and, where asked, guidance away from
+the source value rather than from the attribute dropped (``InferenceSettings.negative``; reach
+rewards its overshoot on a well-trained model, so the default grid leaves it out), so each
+attribute gets the procedure that works for it. At the best point of that grid the tuner then
+tries *holding* what the edit keeps (``holds``: guidance of that weight toward its source value
+on every other variable, which stops a thickness edit dragging a rare stroke colour toward the
+digit's usual one), and keeps it where it wins by the same rule. The test split is never used: a
+setting chosen there would flatter every figure measured on it.
 """
 
 from itertools import product

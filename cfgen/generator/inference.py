@@ -32,6 +32,7 @@ LOCALIZE = ("no", "edit", "others")
 # toward the target and past it, docs/generator.md). Where an edit keeps an attribute's value (a
 # hold, a null edit) there is no source direction, and it is dropped.
 NEGATIVES = ("dropped", "source")
+DEFAULT_NEGATIVE = "dropped"  # also what settings saved before the choice used
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class InferenceSettings:
     # redraws shapes, at low noise it changes appearance; where an edit should keep the shape, a late
     # start keeps more of it (docs/generator.md).
     guidance_start: float = 0.0
-    negative: str = NEGATIVES[0]  # one of NEGATIVES
+    negative: str = DEFAULT_NEGATIVE  # one of NEGATIVES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "localize", saved_localize(self.localize))
@@ -161,7 +162,9 @@ def settings_for(
         else min((t.get("guidance_start", 0.0) for t in tuned), default=0.0),
         negative=negative
         if negative is not None
-        else max((t.get("negative", NEGATIVES[0]) for t in tuned), default=NEGATIVES[0], key=NEGATIVES.index),
+        else "source"
+        if any(t.get("negative") == "source" for t in tuned)
+        else DEFAULT_NEGATIVE,
     )
 
 

@@ -2,8 +2,9 @@
 
 Abduction inverts each image to the noise that produces it under its factual label and attributes;
 action replaces the intervened values; prediction decodes the noise under the new values with
-classifier-free guidance per attribute, so the edited attributes are pushed toward their targets
-while what abduction kept carries the rest of the image.
+guidance per attribute (away from the attribute dropped, classifier-free, or from its source value),
+so the edited attributes are pushed toward their targets while what abduction kept carries the rest
+of the image.
 
 Two inversions: DDIM's (deterministic: one latent per noise level, all of the image in the final
 noise) and an edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2024: a noisy latent per
@@ -454,8 +455,8 @@ tags: [cfgen, counterfactuals, diffusion]
 
 # cfgen counterfactual generator
 
-Edits the attributes of {width}x{height} {mode} images: DDIM inversion under the factual values, decoding
-under the intervened ones with classifier-free guidance per attribute (`CounterfactualPipeline`).
+Edits the attributes of {width}x{height} {mode} images: inversion under the factual values, decoding
+under the intervened ones with guidance per attribute (`CounterfactualPipeline`).
 
 ```python
 import cfgen.generator.pipeline  # registers the pipeline class with diffusers

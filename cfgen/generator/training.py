@@ -102,10 +102,12 @@ class TrainingProgress:
 
 def check_schedule_resumable(config: TrainingConfig, progress: TrainingProgress, processes: int, out: Path) -> None:
     """A prepared learning-rate schedule counts the steps of every process: where it depends on that
-    count (a warm-up not yet over, a decay), resuming with another number of processes would follow
-    another schedule."""
-    counted = config.lr_schedule != "constant" or progress.step < config.warmup_steps
-    if counted and progress.processes and progress.processes != processes:
+    count (a decay, or a warm-up not over under the old count or the new one), resuming with another
+    number of processes would follow another schedule."""
+    if not progress.processes or progress.processes == processes:
+        return
+    as_counted_now = progress.step * progress.processes / processes  # the step the restored schedule is at
+    if config.lr_schedule != "constant" or min(progress.step, as_counted_now) < config.warmup_steps:
         raise CfgenError(
             f"--resume with {processes} process(es): the run in {out} trained with {progress.processes}, and its "
             f"learning-rate schedule ({config.lr_schedule}, warm-up {config.warmup_steps} steps) counts the steps "
