@@ -34,7 +34,7 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.table import SPLIT_COLUMN
 from cfgen.datasets import DEFAULT, BuiltinDataset, builtin_of
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import DEFAULT_NEGATIVE, INVERSIONS, LOCALIZE, NEGATIVES, saved_localize
+from cfgen.generator.inference import INVERSIONS, LOCALIZE, NEGATIVES, SAVED_BEFORE, saved_localize
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.io import RUN_FILE, check_output_dir, output_dir_in_place, write_json, write_run_record
@@ -429,13 +429,15 @@ def _report(summary: dict, before: dict, intervention: str, preset: str, builtin
 def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
     if inference is None:
         return ["The data have no validation split: edits use the default inference settings.", ""]
-    chosen = "; ".join(
-        f"{name}: {LOCALIZED[saved_localize(s['localize'])]}, {s.get('inversion', 'ddim').upper()} inversion "
-        f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s.get('guidance_start', 0.0))}, "
-        f"{AWAY_FROM[s.get('negative', DEFAULT_NEGATIVE)]}{_held(s.get('hold', 0.0))}, {s['steps']} steps"
-        for name, s in inference.items()
-    )
-    return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {chosen}.", ""]
+    chosen = []
+    for name, saved in inference.items():
+        s = SAVED_BEFORE | saved
+        chosen.append(
+            f"{name}: {LOCALIZED[saved_localize(s['localize'])]}, {s['inversion'].upper()} inversion "
+            f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s['guidance_start'])}, "
+            f"{AWAY_FROM[s['negative']]}{_held(s['hold'])}, {s['steps']} steps"
+        )
+    return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {'; '.join(chosen)}.", ""]
 
 
 def _late(guidance_start: float) -> str:

@@ -13,7 +13,7 @@ from cfgen.counterfactuals.tuning import (
     HOLDS,
     tune_inference,
 )
-from cfgen.generator.inference import DEFAULT_NEGATIVE, DEFAULT_STEPS, INVERSIONS, LOCALIZE, NEGATIVES
+from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, NEGATIVES, SAVED_BEFORE
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.judges import (
     DEFAULT_JUDGE_BATCH_SIZE,
@@ -101,10 +101,10 @@ def run(args: argparse.Namespace) -> None:
         args.mixed_precision, args.seed, progress=True, data_format=args.format,
         resize=args.resize,
     )  # fmt: skip
-    for name, settings in inference["attributes"].items():
-        # attributes tuned before (kept in the record) may predate the inversion, start, negative and hold choices
-        print(f"{name}: {settings.get('inversion', 'ddim')} inversion to depth {settings['inversion_depth']}, "
-              f"guidance {settings['guidance']} from {settings.get('guidance_start', 0.0)} (negative "
-              f"{settings.get('negative', DEFAULT_NEGATIVE)}), holding the rest at "
-              f"{settings.get('hold', 0.0)}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
+    for name, saved in inference["attributes"].items():
+        settings = SAVED_BEFORE | saved  # attributes tuned before (kept in the record) may predate some choices
+        print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, "
+              f"guidance {settings['guidance']} from {settings['guidance_start']} (negative "
+              f"{settings['negative']}), holding the rest at "
+              f"{settings['hold']}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

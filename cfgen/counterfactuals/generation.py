@@ -37,7 +37,7 @@ from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
 from cfgen.data.tensors import to_model_range, to_uint8
 from cfgen.datasets import BUILTIN, builtin_of
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import DEFAULT_NEGATIVE, InferenceSettings, settings_for
+from cfgen.generator.inference import SAVED_BEFORE, InferenceSettings, settings_for
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.pipeline import PIPELINE_INDEX, CounterfactualPipeline
 from cfgen.grids import labelled_grid
@@ -47,8 +47,6 @@ from cfgen.runtime import autocast_dtype, resolve_mixed_precision
 
 EXACT = "exact"  # the --generator value that asks a built-in dataset for its exact counterfactuals
 SETTINGS_FILE = "generation_settings.json"
-# What a partial run stored before a setting existed used, so that it resumes as it began.
-SETTINGS_BEFORE = {"inversion": "ddim", "guidance_start": 0.0, "negative": DEFAULT_NEGATIVE}
 GRID_FILE = "examples.png"
 GRID_SOURCES = 8  # columns of the example grid
 GRID_COUNTERFACTUALS = 9  # rows of counterfactuals under the source row
@@ -312,7 +310,7 @@ def _prepare_staging(state: PartialState, staging: Path, record: dict[str, Any],
     current = json.loads(json.dumps(record))
     stale = False
     if stored_path.is_file():
-        before = {key: value for key, value in SETTINGS_BEFORE.items() if key in current}
+        before = {key: value for key, value in SAVED_BEFORE.items() if key in current}  # a run stored then
         stored = before | json.loads(stored_path.read_text())
         changed = [key for key in sorted(set(stored) | set(current)) if stored.get(key) != current.get(key)]
         if changed and not overwrite:

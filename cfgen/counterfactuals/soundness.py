@@ -22,7 +22,7 @@ import torch
 from scipy import linalg
 
 from cfgen.data.tensors import to_model_range, to_uint8
-from cfgen.generator.inference import DEFAULT_NEGATIVE, InferenceSettings
+from cfgen.generator.inference import SAVED_BEFORE, InferenceSettings
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.pipeline import CounterfactualPipeline
 from cfgen.io import RUN_FILE
@@ -95,11 +95,10 @@ def generator_edit(counterfactual_folder: str | Path, batch_size: int = 64) -> E
     if not (folder / CONFIG_FILE).is_file():
         return None
     pipeline = CounterfactualPipeline.load(folder)
+    config = SAVED_BEFORE | config  # folders made before some settings were choices
     settings = InferenceSettings(
         config["steps"], config["inversion_depth"], config["guidance"], config["localize"],
-        config.get("inversion", "ddim"),  # folders made before the inversion was a choice
-        config.get("guidance_start", 0.0),  # or before guidance could start late
-        config.get("negative", DEFAULT_NEGATIVE),  # or before guidance could push away from the source
+        config["inversion"], config["guidance_start"], config["negative"],
     )  # fmt: skip
 
     def edit(images: np.ndarray, values: Sequence[dict[str, str]], targets: Sequence[dict[str, str]]) -> np.ndarray:

@@ -32,7 +32,10 @@ LOCALIZE = ("no", "edit", "others")
 # toward the target and past it, docs/generator.md). Where an edit keeps an attribute's value (a
 # hold, a null edit) there is no source direction, and it is dropped.
 NEGATIVES = ("dropped", "source")
-DEFAULT_NEGATIVE = "dropped"  # also what settings saved before the choice used
+DEFAULT_NEGATIVE = "dropped"
+# What settings saved before a choice existed used (chosen settings, generation records), so that
+# generators and counterfactual folders made then are read as they were made.
+SAVED_BEFORE = {"inversion": "ddim", "guidance_start": 0.0, "negative": DEFAULT_NEGATIVE, "hold": 0.0}
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,10 @@ def settings_for(
     chosen with DDIM's, those saved before the negative was with the attribute dropped.
     """
     chosen = generator.inference.get("attributes", {})
-    tuned = [chosen[name] for name in intervened if name in chosen]
+    tuned = [SAVED_BEFORE | chosen[name] for name in intervened if name in chosen]
     if guidance is None:
         weights = {name: chosen.get(name, {}).get("guidance", DEFAULT_GUIDANCE) for name in intervened}
-        weights |= held_guidance(generator.schema, intervened, max((t.get("hold", 0.0) for t in tuned), default=0.0))
+        weights |= held_guidance(generator.schema, intervened, max((t["hold"] for t in tuned), default=0.0))
     else:
         weights = parse_guidance(guidance, generator.schema, intervened)
     return InferenceSettings(
@@ -156,14 +159,14 @@ def settings_for(
         else max((saved_localize(t.get("localize", "no")) for t in tuned), default="no", key=LOCALIZE.index),
         inversion=inversion
         if inversion is not None
-        else min((t.get("inversion", "ddim") for t in tuned), default=INVERSIONS[0], key=INVERSIONS.index),
+        else min((t["inversion"] for t in tuned), default=INVERSIONS[0], key=INVERSIONS.index),
         guidance_start=guidance_start
         if guidance_start is not None
-        else min((t.get("guidance_start", 0.0) for t in tuned), default=0.0),
+        else min((t["guidance_start"] for t in tuned), default=0.0),
         negative=negative
         if negative is not None
         else "source"
-        if any(t.get("negative") == "source" for t in tuned)
+        if any(t["negative"] == "source" for t in tuned)
         else DEFAULT_NEGATIVE,
     )
 
