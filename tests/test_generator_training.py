@@ -20,12 +20,14 @@ from conftest import tensorboard_scalars, tensorboard_values, write_folder
 from safetensors.torch import load_file
 
 from cfgen.cli.train_generator import add_arguments, config_from_args
+from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.adapters import open_dataset
 from cfgen.data.cells import discrete_columns, effective_sample_size, group_balanced_weights
 from cfgen.data.images import ImageFormat, check_images, load_images
+from cfgen.data.table import MetadataTable
 from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
-from cfgen.generator.checkpoints import list_checkpoints
+from cfgen.generator.checkpoints import TRAINING_CONFIG_FILE, list_checkpoints
 from cfgen.generator.config import PRESETS, TrainingConfig
 from cfgen.generator.deconfounding import (
     CONSISTENCY_TERMS,
@@ -35,6 +37,7 @@ from cfgen.generator.deconfounding import (
 )
 from cfgen.generator.model import CONFIG_FILE, Generator
 from cfgen.generator.pipeline import save_generator
+from cfgen.generator.self_training import Edits, accepted_edits, load_edits
 from cfgen.generator.training import (
     Denoiser,
     TrainingProgress,
@@ -43,7 +46,7 @@ from cfgen.generator.training import (
     train_generator,
     training_loss,
 )
-from cfgen.judges import AttributeJudges, train_judges
+from cfgen.judges import AttributeJudges, Judges, train_judges
 from cfgen.judges.training import confounding_log_priors, shift
 
 REPO = Path(__file__).resolve().parents[1]
@@ -378,9 +381,11 @@ def test_two_processes_write_one_generator(dataset: Path, tmp_path: Path):
     shutil.copytree(out, interrupted)
     (interrupted / CONFIG_FILE).unlink()  # as if stopped after the checkpoint at step 2
     shutil.rmtree(interrupted / "checkpoints" / "checkpoint-4")
+    stored = (interrupted / TRAINING_CONFIG_FILE).read_bytes()
     refusal = r"--resume with 1 process\(es\): the run .* trained with 2, .* resume it with 2"
     with pytest.raises(CfgenError, match=refusal):
         train_generator(dataset, interrupted, label="y", preset="tiny", deconfound="reweight,consistency", resume=True)
+    assert (interrupted / TRAINING_CONFIG_FILE).read_bytes() == stored  # the refused run changed nothing
 
 
 def test_a_schedule_that_counts_processes_resumes_only_with_as_many(tmp_path: Path) -> None:
@@ -417,3 +422,76 @@ def test_every_preset_resolves_and_trains(preset: str, dataset: Path, tmp_path: 
     out = train_generator(dataset, tmp_path / "gen", label="y", preset=preset, **short)
     record = json.loads((out / CONFIG_FILE).read_text())["training"]
     assert record["preset"] == preset and record["architecture"] == PRESETS[preset]["architecture"]
+
+
+def test_self_training_starts_from_a_generator_and_adds_the_edits_its_judges_accept(
+    trained: Path, dataset: Path, tmp_path: Path
+) -> None:
+    edits = generate_counterfactuals(
+        dataset, "color=random", tmp_path / "cf", generator=trained, split="train", steps=2, progress=False
+    )
+    out = train_generator(
+        dataset, tmp_path / "self", **TINY, deconfound="reweight", init_from=trained, counterfactuals=edits,
+        steps=1, learning_rate=1e-12, checkpoint_every=0,
+    )  # fmt: skip
+    base, self_trained = Generator.load(trained), Generator.load(out)
+    for before, after in zip(Denoiser(base).parameters(), Denoiser(self_trained).parameters(), strict=True):
+        torch.testing.assert_close(after, before)  # started from the trained weights (the rate moves nothing)
+    assert self_trained.inference == base.inference  # and keeps the settings chosen for them
+    record = self_trained.training
+    table = open_dataset(dataset)
+    schema = table.schema("y")
+    judges, judges_record = AttributeJudges.load(out / "judges")
+    reader = Judges(schema, judges, check_images(table), {"pixel": [], **judges_record})
+    rows = np.flatnonzero(table.column("split") == "train")
+    accepted = accepted_edits(
+        reader, schema, load_edits(edits, dataset, table, rows, check_images(table), None),
+        load_images(table.image_paths[rows], check_images(table)),
+    )  # fmt: skip
+    assert record["self_training"]["edits"] == len(rows) and record["self_training"]["accepted"] == accepted.sum()
+    assert record["data"]["images"] == len(rows) + accepted.sum()
+    assert record["init_from"] == str(trained.resolve()) and record["steps"] == 1
+
+
+def test_self_training_accepts_an_edit_where_the_judges_read_its_row() -> None:
+    """Judges of bars (label: the bar's row, colour: its channel, tint: the background) read exact edits of the
+    colour as their rows say; an edit that kept the old colour, or moved the bar, is refused."""
+    rng = np.random.default_rng(0)
+    label, color, tint = rng.integers(0, 3, 600), rng.integers(0, 3, 600), rng.integers(0, 4, 600)
+    network, record = train_judges(
+        _bars(label, color, tint, rng), np.stack([label, color, tint], 1), ["y", "color", "tint"], [3, 3, 4], 150, 64
+    )
+    values = {"y": ["0", "1", "2"], "color": ["c0", "c1", "c2"], "tint": ["t0", "t1", "t2", "t3"]}
+    schema = MetadataTable(np.arange(4).astype(str), {k: np.resize(v, 4) for k, v in values.items()}, "t").schema("y")
+    source = {"y": np.array([0, 1, 2, 0, 1, 2]), "color": np.array([0, 1, 2, 2, 0, 1]), "tint": np.arange(6) % 4}
+    target = (source["color"] + 1) % 3
+    edit_y, edit_color = source["y"].copy(), target.copy()
+    edit_color[[1, 4]] = source["color"][[1, 4]]  # the colour stayed
+    edit_y[[2, 5]] = (source["y"][[2, 5]] + 1) % 3  # the bar moved
+    table = MetadataTable(
+        np.array([f"e{i}" for i in range(6)]),
+        {
+            "y": np.array([str(v) for v in source["y"]]),
+            "color": np.array([f"c{v}" for v in target]),
+            "tint": np.array([f"t{v}" for v in source["tint"]]),
+            "cf_intervened": np.array(["color"] * 6),
+        },
+        "edits",
+    )
+    images = _bars(source["y"], source["color"], source["tint"], rng)
+    edits = Edits("edits", table, _bars(edit_y, edit_color, source["tint"], rng), np.arange(6))
+    reader = Judges(schema, network, ImageFormat((8, 8), "RGB"), {"pixel": [], **record})
+    assert accepted_edits(reader, schema, edits, images).tolist() == [True, False, False, True, False, False]
+
+
+def test_self_training_refuses_edits_of_other_rows_and_a_generator_of_other_variables(
+    trained: Path, dataset: Path, tmp_path: Path
+) -> None:
+    of_test = generate_counterfactuals(
+        dataset, "color=random", tmp_path / "cf", generator=trained, split="test", steps=2, progress=False
+    )
+    with pytest.raises(CfgenError, match=r"edits row 36 of .*, which is not a training row"):
+        train_generator(dataset, tmp_path / "a", **TINY, init_from=trained, counterfactuals=of_test)
+    with pytest.raises(CfgenError, match=r"--init-from .* was trained on other variables or values than the data"):
+        train_generator(dataset, tmp_path / "b", **TINY, attributes=["color"], init_from=trained)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything was written

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from cfgen.data.adapters import open_dataset
-from cfgen.data.counterfactuals import made_from
+from cfgen.data.counterfactuals import read_counterfactuals
 from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Attribute, Schema, check_informative, infer_attribute
-from cfgen.data.table import CARD_FILE, FILE_COLUMN, SPLIT_COLUMN, MetadataTable, read_imagefolder
+from cfgen.data.table import SPLIT_COLUMN, MetadataTable, read_imagefolder
 from cfgen.datasets import builtin_of
 from cfgen.errors import CfgenError
 
@@ -280,39 +280,6 @@ def _check_same_format(found: ImageFormat, expected: ImageFormat, what: str, res
         )
 
 
-def _counterfactual_table(
-    folder: str | Path, data: str | Path, table: MetadataTable
-) -> tuple[MetadataTable, np.ndarray]:
-    """A counterfactual folder's rows and their source rows in ``data``, checked to come from it."""
-    cf = read_imagefolder(folder)
-    entry = cf.card.get("counterfactuals")
-    if not entry:
-        raise CfgenError(
-            f"{folder} is not a counterfactual folder (its {CARD_FILE} has no 'counterfactuals' entry); "
-            "make one with `cfgen generate`"
-        )
-    if not made_from(cf.card, table):
-        raise CfgenError(
-            f"{folder} was made from another dataset ({entry.get('source', '?')}): the digest of its source's "
-            f"table does not match {data}'s"
-        )
-    rows_text = cf.column("cf_source_row")
-    try:
-        rows = rows_text.astype(np.int64)
-    except ValueError:
-        raise CfgenError(f"{folder}: cf_source_row holds values that are not row numbers") from None
-    bad = np.flatnonzero((rows < 0) | (rows >= len(table)))
-    if bad.size:
-        raise CfgenError(f"{folder}: cf_source_row {rows[bad[0]]} is outside the dataset's rows 0-{len(table) - 1}")
-    mismatch = np.flatnonzero(table.columns[FILE_COLUMN][rows] != cf.column("cf_source"))
-    if mismatch.size:
-        raise CfgenError(
-            f"{folder}: row {mismatch[0] + 1} names source {str(cf.column('cf_source')[mismatch[0]])!r}, but dataset "
-            f"row {rows[mismatch[0]]} is {str(table.columns[FILE_COLUMN][rows[mismatch[0]]])!r}"
-        )
-    return cf, rows
-
-
 def load_training_data(
     data: str | Path,
     label: str | None,
@@ -350,7 +317,7 @@ def load_training_data(
     position_in_train = np.full(len(table), -1, dtype=np.int64)
     position_in_train[train_rows] = np.arange(len(train_rows))
     for folder in counterfactuals:
-        cf, rows = _counterfactual_table(folder, data, table)
+        cf, rows = read_counterfactuals(folder, data, table)
         source_rows = position_in_train[rows]
         info.rows += len(cf)
         info.rows_outside_train += int((source_rows < 0).sum())

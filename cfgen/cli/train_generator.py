@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(parser)
     parser.add_argument("--split", help="training rows: a split name or 'all' (default: train if present)")
     parser.add_argument("--resize", type=int, help="resize every image to NxN RGB")
+    parser.add_argument("--init-from", help="a trained generator folder whose weights the run starts from")
+    parser.add_argument(
+        "--counterfactuals",
+        help="self-training: a counterfactual folder of the training images (cfgen generate --split train); the "
+        "edits the generator's judges accept join the training rows",
+    )
     parser.add_argument(
         "--preset",
         choices=list(PRESETS),

@@ -19,9 +19,12 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from cfgen.data.hub import write_dataset
 from cfgen.data.schema import Schema
-from cfgen.data.table import FILE_COLUMN, METADATA_FILE, MetadataTable, write_card
+from cfgen.data.table import CARD_FILE, FILE_COLUMN, METADATA_FILE, MetadataTable, read_imagefolder, write_card
+from cfgen.errors import CfgenError
 from cfgen.interventions import Intervention, Request, format_assignment
 
 PROVENANCE_COLUMNS = ("cf_source", "cf_source_row", "cf_intervened", "cf_factual", "cf_counterfactual", "cf_generator")
@@ -102,3 +105,36 @@ def write_counterfactual_folder(
         "generator": generator,
     }
     write_card(folder, card)
+
+
+def read_counterfactuals(
+    folder: str | Path, data: str | Path, table: MetadataTable
+) -> tuple[MetadataTable, np.ndarray]:
+    """A counterfactual folder's rows and their source rows in ``data`` (read as ``table``), checked to come from it."""
+    cf = read_imagefolder(folder)
+    entry = cf.card.get("counterfactuals")
+    if not entry:
+        raise CfgenError(
+            f"{folder} is not a counterfactual folder (its {CARD_FILE} has no 'counterfactuals' entry); "
+            "make one with `cfgen generate`"
+        )
+    if not made_from(cf.card, table):
+        raise CfgenError(
+            f"{folder} was made from another dataset ({entry.get('source', '?')}): the digest of its source's "
+            f"table does not match {data}'s"
+        )
+    rows_text = cf.column("cf_source_row")
+    try:
+        rows = rows_text.astype(np.int64)
+    except ValueError:
+        raise CfgenError(f"{folder}: cf_source_row holds values that are not row numbers") from None
+    bad = np.flatnonzero((rows < 0) | (rows >= len(table)))
+    if bad.size:
+        raise CfgenError(f"{folder}: cf_source_row {rows[bad[0]]} is outside the dataset's rows 0-{len(table) - 1}")
+    mismatch = np.flatnonzero(table.columns[FILE_COLUMN][rows] != cf.column("cf_source"))
+    if mismatch.size:
+        raise CfgenError(
+            f"{folder}: row {mismatch[0] + 1} names source {str(cf.column('cf_source')[mismatch[0]])!r}, but dataset "
+            f"row {rows[mismatch[0]]} is {str(table.columns[FILE_COLUMN][rows[mismatch[0]]])!r}"
+        )
+    return cf, rows

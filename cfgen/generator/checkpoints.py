@@ -68,13 +68,21 @@ def resume_point(out: Path, config: TrainingConfig) -> Path | None:
 
 
 def set_up_output(accelerator: Accelerator, out: Path, config: TrainingConfig) -> None:
-    """Create (or replace) the folder and store the configuration, on the main process."""
+    """Create (or replace) the folder, on the main process; a run resumed from a checkpoint keeps it as it
+    is until ``start_output``, as the checkpoint may still refuse the resume."""
     accelerator.wait_for_everyone()  # every process has checked the folder before it changes
     if accelerator.is_main_process:
         if config.overwrite:
             shutil.rmtree(out, ignore_errors=True)
         create_folder(out)
-        (out / CONFIG_FILE).unlink(missing_ok=True)  # incomplete until the new final model is written
+    accelerator.wait_for_everyone()
+
+
+def start_output(accelerator: Accelerator, out: Path, config: TrainingConfig) -> None:
+    """Store the configuration and mark the folder incomplete until the new final model is written, on the
+    main process, once the run may go ahead."""
+    if accelerator.is_main_process:
+        (out / CONFIG_FILE).unlink(missing_ok=True)
         write_json(out / TRAINING_CONFIG_FILE, config.record())
     accelerator.wait_for_everyone()
 

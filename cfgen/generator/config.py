@@ -134,6 +134,8 @@ class TrainingConfig:
     timestep_bias_portion: float = 0.6  # the low-noise share of timesteps the multiplier favours
     reweight_clip: float = 20.0
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
+    init_from: str | None = None  # a trained generator whose weights the run starts from
+    counterfactuals: str | None = None  # its edits of the training images, accepted ones trained on too
     mixed_precision: str = "auto"
     report_to: str = "tensorboard"
     seed: int = 0
@@ -156,6 +158,8 @@ class TrainingConfig:
             self,
             **filled,
             data=str(Path(self.data).resolve()),
+            init_from=self.init_from and str(Path(self.init_from).resolve()),
+            counterfactuals=self.counterfactuals and str(Path(self.counterfactuals).resolve()),
             out=str(self.out),
             deconfound=parse_deconfound(self.deconfound),
         )

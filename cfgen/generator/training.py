@@ -6,7 +6,8 @@ folder, on a filesystem every process sees:
 
     training_config.json           the resolved configuration; --resume checks it
     checkpoints/checkpoint-N/      accelerate save_state (model, optimizer, EMA, RNG, step), latest few
-    judges/                        the frozen attribute classifiers of --deconfound consistency
+    judges/                        the frozen attribute classifiers of --deconfound consistency and of
+                                   self-training (--counterfactuals)
     samples/step-N.png             previews: originals, factual decode, one edited row per attribute
     logs/                          tensorboard, when it is installed
     unet/ attribute_encoder/ scheduler/ run.json cfgen_generator.json
@@ -36,10 +37,17 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.cells import discrete_columns, effective_sample_size
 from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Schema, check_informative
-from cfgen.data.table import MetadataTable
+from cfgen.data.table import SPLIT_COLUMN, MetadataTable
 from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
-from cfgen.generator.checkpoints import resume_point, save_checkpoint, save_final, set_up_output, stored_config
+from cfgen.generator.checkpoints import (
+    resume_point,
+    save_checkpoint,
+    save_final,
+    set_up_output,
+    start_output,
+    stored_config,
+)
 from cfgen.generator.config import LR_SCHEDULES, TrainingConfig
 from cfgen.generator.deconfounding import (
     JUDGES_FOLDER,
@@ -48,9 +56,10 @@ from cfgen.generator.deconfounding import (
 )
 from cfgen.generator.model import Generator
 from cfgen.generator.previews import SAMPLES_FOLDER, ema_weights, preview_grid, preview_setup
+from cfgen.generator.self_training import ACCEPTANCE, Edits, accepted_edits, load_edits, start_from
 from cfgen.grids import save_grid
 from cfgen.io import finish_trackers, scalar_record
-from cfgen.judges import AttributeJudges, load_or_train
+from cfgen.judges import AttributeJudges, Judges, load_or_train
 from cfgen.runtime import (
     log_image,
     make_accelerator,
@@ -195,7 +204,10 @@ def train(config: TrainingConfig) -> Path:
     # Data: every training image in memory, as uint8.
     data = load_training_data(config, progress=accelerator.is_local_main_process)
     table, schema, images = data.table, data.schema, data.images
-    generator = Generator.create(schema, data.image_format, config.architecture, table)
+    if config.init_from:
+        generator = start_from(config.init_from, schema, data.image_format, config.architecture)
+    else:
+        generator = Generator.create(schema, data.image_format, config.architecture, table)
     conditions = generator.conditions(table)
     if len(table) < config.batch_size * accelerator.num_processes:
         raise CfgenError(
@@ -206,6 +218,30 @@ def train(config: TrainingConfig) -> Path:
         config.consistency.check(schema, generator.scheduler.config.num_train_timesteps)
     codes = conditions[:, discrete_columns(schema)].long().numpy()
     record: dict[str, Any] = {}
+    set_up_output(accelerator, out, config)  # every input is checked: now the folder may change
+    if resume_from is None:
+        start_output(accelerator, out, config)
+    if config.resume and resume_from is None:
+        accelerator.print(f"--resume: {out} has no checkpoint yet; starting from step 0")
+
+    # Self-training: the accepted edits join the training rows.
+    if data.edits is not None or "consistency" in config.deconfound:
+        judges, judges_record = _judges(accelerator, out, schema, images, codes, config)
+    if data.edits is not None:
+        reader = Judges(schema, judges, data.image_format, {"pixel": [], **judges_record})
+        accepted = accepted_edits(reader, schema, data.edits, images)
+        table = MetadataTable.concat([table, data.edits.table.select(accepted)])
+        images = np.concatenate([images, data.edits.images[accepted]])
+        conditions = generator.conditions(table)
+        codes = conditions[:, discrete_columns(schema)].long().numpy()
+        record["self_training"] = {
+            "counterfactuals": config.counterfactuals,
+            "edits": len(accepted),
+            "accepted": int(accepted.sum()),
+            "acceptance": ACCEPTANCE,
+            "judges": JUDGES_FOLDER,
+        }
+        accelerator.print(f"self-training: the judges accept {accepted.sum()} of {len(accepted)} edits")
 
     # Deconfounding: a sampler toward the product of marginals, and/or the consistency objective.
     sampler_weights = None
@@ -218,12 +254,8 @@ def train(config: TrainingConfig) -> Path:
             "ess_fraction": ess / len(codes),
         }
         accelerator.print(f"reweighting: effective sample size {ess:.0f} of {len(codes)} images")
-    set_up_output(accelerator, out, config)  # every input is checked: now the folder may change
-    if config.resume and resume_from is None:
-        accelerator.print(f"--resume: {out} has no checkpoint yet; starting from step 0")
     consistency = None
     if "consistency" in config.deconfound:
-        judges, judges_record = _judges(accelerator, out, schema, images, codes, config)
         consistency = ConsistencyObjective(
             judges, schema, conditions, images, generator.scheduler.alphas_cumprod, config.consistency
         )
@@ -264,6 +296,7 @@ def train(config: TrainingConfig) -> Path:
         progress.processes = accelerator.num_processes
         ema.to(accelerator.device)
         accelerator.print(f"resumed from {resume_from} at step {progress.step}")
+        start_output(accelerator, out, config)  # the checkpoint accepts the resume
     resumed_from_step = progress.step or None
     accelerator.init_trackers("train_generator", config=scalar_record(config.record()))
     if "reweight" in record:
@@ -353,6 +386,7 @@ def train(config: TrainingConfig) -> Path:
             "timestep_bias": {"multiplier": config.timestep_bias_multiplier, "portion": config.timestep_bias_portion},
             "steps": progress.step,
             "resumed_from_step": resumed_from_step,
+            "init_from": config.init_from,
             "seed": config.seed,
             "batch_size": config.batch_size,
             "gradient_accumulation_steps": config.gradient_accumulation_steps,
@@ -383,6 +417,7 @@ class TrainingData:
     schema: Schema
     image_format: ImageFormat
     images: np.ndarray  # uint8 (N, H, W, C)
+    edits: Edits | None = None  # --counterfactuals, before the judges accept any
 
 
 def load_training_data(config: TrainingConfig, progress: bool = False) -> TrainingData:
@@ -392,7 +427,13 @@ def load_training_data(config: TrainingConfig, progress: bool = False) -> Traini
     table = full.split(split)
     check_informative(schema, schema.encode(table.columns), f"the {split} rows of {config.data}")
     image_format = check_images(table, config.resize)
-    return TrainingData(table, split, schema, image_format, load_images(table.image_paths, image_format, progress))
+    edits = None
+    if config.counterfactuals:
+        rows = np.arange(len(full)) if split == "all" else np.flatnonzero(full.column(SPLIT_COLUMN) == split)
+        edits = load_edits(config.counterfactuals, config.data, full, rows, image_format, config.resize)
+        schema.encode(edits.table.columns)  # every value in the data's vocabularies
+    images = load_images(table.image_paths, image_format, progress)
+    return TrainingData(table, split, schema, image_format, images, edits)
 
 
 def _judges(
