@@ -53,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     preset.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: never)")
     preset.add_argument("--sample-every", type=int, help="steps between preview grids (0: never)")
     preset.add_argument("--log-every", type=int, help="steps between logged losses")
-    preset.add_argument("--judge-steps", type=int, help="training steps of the consistency judges")
-    preset.add_argument("--judge-batch-size", type=int, help="batch of the consistency judges")
+    preset.add_argument("--judge-steps", type=int, help="training steps of the judges (consistency, self-training)")
+    preset.add_argument("--judge-batch-size", type=int, help="batch of the judges (consistency, self-training)")
 
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1, help="batches per optimizer step")
     parser.add_argument("--keep-checkpoints", type=int, default=2, help="latest checkpoints kept (default 2)")

@@ -224,7 +224,7 @@ def train(config: TrainingConfig) -> Path:
     if config.resume and resume_from is None:
         accelerator.print(f"--resume: {out} has no checkpoint yet; starting from step 0")
 
-    # Self-training: the accepted edits join the training rows.
+    # The generator's judges (consistency training, self-training); the edits they accept join the training rows.
     if data.edits is not None or "consistency" in config.deconfound:
         judges, judges_record = _judges(accelerator, out, schema, images, codes, config)
     if data.edits is not None:
