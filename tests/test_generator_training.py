@@ -479,7 +479,7 @@ def test_self_training_accepts_an_edit_where_the_judges_read_its_row() -> None:
         "edits",
     )
     images = _bars(source["y"], source["color"], source["tint"], rng)
-    edits = Edits("edits", table, _bars(edit_y, edit_color, source["tint"], rng), np.arange(6))
+    edits = Edits(table, _bars(edit_y, edit_color, source["tint"], rng), np.arange(6))
     reader = Judges(schema, network, ImageFormat((8, 8), "RGB"), {"pixel": [], **record})
     assert accepted_edits(reader, schema, edits, images).tolist() == [True, False, False, True, False, False]
 

@@ -313,12 +313,8 @@ def load_training_data(
 
     info = CounterfactualInfo(folders=[str(f) for f in counterfactuals])
     cf_tables, cf_sources = [], []
-    train_rows = np.flatnonzero(table.columns[SPLIT_COLUMN] == TRAIN)
-    position_in_train = np.full(len(table), -1, dtype=np.int64)
-    position_in_train[train_rows] = np.arange(len(train_rows))
     for folder in counterfactuals:
-        cf, rows = read_counterfactuals(folder, data, table)
-        source_rows = position_in_train[rows]
+        cf, source_rows = read_counterfactuals(folder, data, table, table.split_rows(TRAIN))
         info.rows += len(cf)
         info.rows_outside_train += int((source_rows < 0).sum())
         if (source_rows >= 0).any():

@@ -108,9 +108,10 @@ def write_counterfactual_folder(
 
 
 def read_counterfactuals(
-    folder: str | Path, data: str | Path, table: MetadataTable
+    folder: str | Path, data: str | Path, table: MetadataTable, training_rows: np.ndarray
 ) -> tuple[MetadataTable, np.ndarray]:
-    """A counterfactual folder's rows and their source rows in ``data`` (read as ``table``), checked to come from it."""
+    """A counterfactual folder's rows, checked to come from ``data`` (read as ``table``), and each one's source
+    as an index into ``training_rows`` (row indices of ``table``; -1 for a source outside them)."""
     cf = read_imagefolder(folder)
     entry = cf.card.get("counterfactuals")
     if not entry:
@@ -137,4 +138,6 @@ def read_counterfactuals(
             f"{folder}: row {mismatch[0] + 1} names source {str(cf.column('cf_source')[mismatch[0]])!r}, but dataset "
             f"row {rows[mismatch[0]]} is {str(table.columns[FILE_COLUMN][rows[mismatch[0]]])!r}"
         )
-    return cf, rows
+    position = np.full(len(table), -1, dtype=np.int64)
+    position[training_rows] = np.arange(len(training_rows))
+    return cf, position[rows]

@@ -66,12 +66,16 @@ class MetadataTable:
 
     def split(self, name: str | None) -> "MetadataTable":
         """Rows of one split; ``None`` or "all" keeps every row."""
+        return self if name in (None, "all") else self.select(self.split_rows(name))
+
+    def split_rows(self, name: str | None) -> np.ndarray:
+        """The indices of the rows ``split(name)`` keeps."""
         if name in (None, "all"):
-            return self
+            return np.arange(len(self))
         if name not in self.splits:
             valid = ", ".join((*self.splits, "all")) if self.splits else "all (there is no split column)"
             raise CfgenError(f"split {name!r} not found in {self.source}; valid splits: {valid}")
-        return self.select(self.columns[SPLIT_COLUMN] == name)
+        return np.flatnonzero(self.columns[SPLIT_COLUMN] == name)
 
     def column(self, name: str) -> np.ndarray:
         if name not in self.columns:

@@ -35,7 +35,6 @@ ACCEPTANCE = (
 class Edits:
     """A counterfactual folder's edits of training images, in memory."""
 
-    folder: str
     table: MetadataTable  # the edits' rows: the data's columns, intervened attributes at their new values
     images: np.ndarray  # uint8 (N, H, W, C)
     sources: np.ndarray  # each edit's source, as an index into the training rows
@@ -55,15 +54,12 @@ def load_edits(
 ) -> Edits:
     """The edits in ``folder``, checked to be of training rows (``training_rows``, indices into ``full``) in
     the training images' format, before anything is written."""
-    table, source_rows = read_counterfactuals(folder, data, full)
-    position = np.full(len(full), -1)
-    position[training_rows] = np.arange(len(training_rows))
-    sources = position[source_rows]
+    table, sources = read_counterfactuals(folder, data, full, training_rows)
     outside = np.flatnonzero(sources < 0)
     if outside.size:
         raise CfgenError(
-            f"{folder} edits row {source_rows[outside[0]]} of {data}, which is not a training row; self-training "
-            "learns from edits of the training images only (cfgen generate --split train)"
+            f"{folder} edits row {table.column('cf_source_row')[outside[0]]} of {data}, which is not a training row; "
+            "self-training learns from edits of the training images only (cfgen generate --split train)"
         )
     found = check_images(table, resize)
     if found != image_format:
@@ -71,7 +67,7 @@ def load_edits(
             f"{folder} holds {found.mode} images of {found.size[0]}x{found.size[1]}, the training images are "
             f"{image_format.mode} of {image_format.size[0]}x{image_format.size[1]}"
         )
-    return Edits(str(folder), table, load_images(table.image_paths, image_format), sources)
+    return Edits(table, load_images(table.image_paths, image_format), sources)
 
 
 def accepted_edits(judges: Judges, schema: Schema, edits: Edits, images: np.ndarray) -> np.ndarray:

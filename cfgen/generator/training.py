@@ -37,7 +37,7 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.cells import discrete_columns, effective_sample_size
 from cfgen.data.images import ImageFormat, check_images, load_images
 from cfgen.data.schema import Schema, check_informative
-from cfgen.data.table import SPLIT_COLUMN, MetadataTable
+from cfgen.data.table import MetadataTable
 from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
 from cfgen.generator.checkpoints import (
@@ -429,8 +429,9 @@ def load_training_data(config: TrainingConfig, progress: bool = False) -> Traini
     image_format = check_images(table, config.resize)
     edits = None
     if config.counterfactuals:
-        rows = np.arange(len(full)) if split == "all" else np.flatnonzero(full.column(SPLIT_COLUMN) == split)
-        edits = load_edits(config.counterfactuals, config.data, full, rows, image_format, config.resize)
+        edits = load_edits(
+            config.counterfactuals, config.data, full, full.split_rows(split), image_format, config.resize
+        )
         schema.encode(edits.table.columns)  # every value in the data's vocabularies
     images = load_images(table.image_paths, image_format, progress)
     return TrainingData(table, split, schema, image_format, images, edits)
