@@ -64,7 +64,7 @@ def main() -> None:
             difference = torch.zeros_like(images[:, :1])
             with torch.inference_mode():
                 for latent, t in zip(path.latents[1:], pipeline.inversion_timesteps(settings), strict=True):
-                    predicted = generator.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
+                    predicted = generator.predict(torch.cat([latent, latent]), t, torch.cat([factual, target]))
                     before, after = predicted.chunk(2)
                     level = (after - before).abs().mean(1, keepdim=True)
                     if weighting == "clean image":

@@ -247,7 +247,7 @@ def throughput(data: Path, args: argparse.Namespace) -> dict[str, Any]:
     timesteps = torch.randint(0, 1000, (batch,), device=device)
 
     with FlopCounterMode(display=False) as counter:
-        generator.predict_noise(images, timesteps, conditions)
+        generator.predict(images, timesteps, conditions)
     train_flops = 3 * counter.get_total_flops()  # forward + backward (twice the forward)
 
     # plain loop: the same UNet and attribute encoder, AdamW, bf16 autocast, nothing else
@@ -261,7 +261,7 @@ def throughput(data: Path, args: argparse.Namespace) -> dict[str, Any]:
         a = alphas[t][:, None, None, None]
         noisy = a.sqrt() * images + (1 - a).sqrt() * noise
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.mse_loss(generator.predict_noise(noisy, t, conditions).float(), noise)
+            loss = F.mse_loss(generator.predict(noisy, t, conditions).float(), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -48,9 +48,11 @@ from cfgen.runtime import resolve_mixed_precision
 # (each way) are the time budget's levers: on the quick model 10 DDIM steps edit as well as 20 at
 # half the time (docs/generator.md). tune: the validation images and the grid (depths, guidance,
 # guidance starts, masks, inversions, negatives) that choose each edited attribute's inference
-# settings (cfgen tune-inference); every preset but full tries the edit-friendly inversion alone (it
-# measured better on every attribute), only standard and full try guidance from 60% of the steps
-# (it pays on a well-trained model), quick guides away from the source value, the others away from
+# settings (cfgen tune-inference); quick and standard invert to 0.6 of the noise range alone (a model
+# predicting the velocity edits a background from there too, and deeper inversions lost digits),
+# every preset but full tries the edit-friendly inversion alone (it measured better on every
+# attribute), only standard and full try guidance from 60% of the steps (it pays on a well-trained
+# model), quick guides away from the source value, the others away from
 # the attribute dropped (each measured better on its model: docs/generator.md; tiny tries both),
 # and only tiny, standard and full then try holding what the edit keeps
 # at the grid's best point, to stay within the budget: each decoding of the grid is time.
@@ -114,7 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sizes": None,
         "tune": {
             "sources": 100,
-            "depths": (0.6, 1.0),
+            "depths": (0.6,),
             "guidance": (2.0, 3.0, 5.0),
             "guidance_starts": (0.0, 0.6),
             "holds": (1.0,),

@@ -50,7 +50,10 @@ def test_the_folder_opens_as_a_diffusers_pipeline(generator: Path) -> None:
     for name, weight in ours.unet.state_dict().items():
         assert torch.equal(weight, generic.unet.state_dict()[name])
     card = (generator / "README.md").read_text()
-    assert "| color | attribute | categorical | blue, green, red |" in card and "tiny UNet, 4 steps" in card
+    assert (
+        "| color | attribute | categorical | blue, green, red |" in card
+        and "tiny UNet predicting the velocity, 4 steps" in card
+    )
     assert "(chosen: none yet)" in card  # not tuned
 
 

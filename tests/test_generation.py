@@ -620,14 +620,14 @@ def test_guidance_starts_where_asked(dataset: Path, generator: Path, monkeypatch
     pipeline, images, factual, target = background_edits(dataset, generator)
     settings = InferenceSettings(steps=6, inversion_depth=1.0, guidance={"bg_color": 3.0}, guidance_start=0.5)
     path = pipeline.inversion_path(images, factual, settings)
-    weights, guided_noise = [], Generator.guided_noise
+    weights, guided_prediction = [], Generator.guided_prediction
 
     def recording(self: Generator, sample: torch.Tensor, t: torch.Tensor, conditions: torch.Tensor, guidance: dict,
                   negative: torch.Tensor | None = None):  # fmt: skip
         weights.append(dict(guidance))
-        return guided_noise(self, sample, t, conditions, guidance, negative)
+        return guided_prediction(self, sample, t, conditions, guidance, negative)
 
-    monkeypatch.setattr(Generator, "guided_noise", recording)
+    monkeypatch.setattr(Generator, "guided_prediction", recording)
     late = pipeline.decode(path, target, settings)
     assert weights == [{}] * 3 + [{"bg_color": 3.0}] * 3  # the three noisiest steps unguided
     assert not torch.equal(late, pipeline.decode(path, target, replace(settings, guidance_start=0.0)))
@@ -654,13 +654,13 @@ def test_guidance_pushes_away_from_the_source_value_where_the_edit_changes_it(da
     target[0] = factual[0]  # a null edit among real ones
     t = pipeline.scheduler.timesteps[0]
     noisy = pipeline.scheduler.add_noise(images, torch.randn_like(images), t)
-    away = model.guided_noise(noisy, t, target, {"bg_color": 2.0}, negative=factual)
+    away = model.guided_prediction(noisy, t, target, {"bg_color": 2.0}, negative=factual)
     with torch.inference_mode():
-        full = model.predict_noise(noisy, t, target)
+        full = model.predict(noisy, t, target)
         at_source = target.clone()
         at_source[:, column] = factual[:, column]
-        source = model.predict_noise(noisy, t, at_source)
-        dropped = model.guided_noise(noisy, t, target, {"bg_color": 2.0})
+        source = model.predict(noisy, t, at_source)
+        dropped = model.guided_prediction(noisy, t, target, {"bg_color": 2.0})
     # eps(target) + w (eps(target) - eps(the attribute at its source value)) where the edit changes it
     torch.testing.assert_close(away[1:], (full + 2.0 * (full - source))[1:], rtol=1e-4, atol=1e-4)
     # a row the edit keeps has no source direction: the attribute is dropped, as classifier-free guidance does

@@ -35,7 +35,7 @@ from cfgen.generator.deconfounding import (
     ConsistencySettings,
     reweight_weights,
 )
-from cfgen.generator.model import CONFIG_FILE, Generator
+from cfgen.generator.model import CONFIG_FILE, PREDICTION_TYPES, Generator, predicted_clean
 from cfgen.generator.pipeline import save_generator
 from cfgen.generator.self_training import Edits, accepted_edits, load_edits
 from cfgen.generator.training import (
@@ -79,12 +79,12 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_generator(dataset, out, **TINY, deconfound="reweight,consistency", sample_every=4)
 
 
-def _batch(dataset: Path) -> tuple[Generator, torch.Tensor, torch.Tensor]:
+def _batch(dataset: Path, prediction_type: str = "epsilon") -> tuple[Generator, torch.Tensor, torch.Tensor]:
     table = open_dataset(dataset)
     schema = table.schema("y")
     train = table.split("train")
     image_format = check_images(train)
-    generator = Generator.create(schema, image_format, "tiny")
+    generator = Generator.create(schema, image_format, "tiny", prediction_type=prediction_type)
     images = to_model_range(load_images(train.image_paths, image_format))
     return generator, images, generator.conditions(train)
 
@@ -125,6 +125,35 @@ def test_min_snr_weighting_lowers_only_the_clean_timesteps(dataset: Path):
     assert loss(5.0) < 0.99 * plain  # weights min(SNR, 5) / SNR <= 1, and < 1 for the clean timesteps drawn
 
 
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_the_objective_is_the_prediction_type_s_target(prediction_type: str, dataset: Path):
+    """A model that outputs the exact noise, or the exact velocity, has no loss under its own prediction type
+    and a large one under the other; the clean image follows from either exactly."""
+    generator, images, conditions = _batch(dataset, prediction_type)
+    scheduler = generator.scheduler
+    alphas = scheduler.alphas_cumprod
+
+    def oracle(predicts: str):
+        def model(noisy: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor, keep: torch.Tensor):
+            alpha = alphas[timesteps][:, None, None, None]
+            noise = (noisy - alpha.sqrt() * images) / (1 - alpha).sqrt()
+            return noise if predicts == "epsilon" else scheduler.get_velocity(images, noise, timesteps)
+
+        return model
+
+    for snr_gamma in (0.0, 5.0):
+        own = denoising_loss(oracle(prediction_type), scheduler, images, conditions, 0.1, snr_gamma)
+        other_type = next(other for other in PREDICTION_TYPES if other != prediction_type)
+        other = denoising_loss(oracle(other_type), scheduler, images, conditions, 0.1, snr_gamma)
+        assert own < 1e-6 < 1e-2 < other
+
+    noise, timesteps = torch.randn_like(images), torch.randint(0, 900, (len(images),))  # where 1 / sqrt(a) is moderate
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    output = oracle(prediction_type)(noisy, timesteps, conditions, None)
+    alpha = alphas[timesteps][:, None, None, None]
+    assert torch.allclose(predicted_clean(output, noisy, alpha, prediction_type), images, atol=1e-3)
+
+
 def test_each_consistency_term_changes_the_gradients(dataset: Path):
     torch.manual_seed(0)
     generator, images, conditions = _batch(dataset)
@@ -141,9 +170,7 @@ def test_each_consistency_term_changes_the_gradients(dataset: Path):
     def gradients(settings: ConsistencySettings | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         objective = None
         if settings is not None:
-            objective = ConsistencyObjective(
-                judges, schema, conditions, uint8, generator.scheduler.alphas_cumprod, settings
-            )
+            objective = ConsistencyObjective(judges, schema, conditions, uint8, generator.scheduler, settings)
         model.zero_grad()
         torch.manual_seed(3)  # the same noise, timesteps, edits and contrastive pairs in every call
         total, parts = training_loss(model, generator.scheduler, images[:8], conditions[:8], 0.1, 5.0, objective)
@@ -230,17 +257,18 @@ def test_trained_generator_round_trips_with_its_record(trained: Path, dataset: P
     again = Generator.load(tmp_path / "again")
     sample, conditions = torch.randn(4, 3, 8, 8), generator.conditions(open_dataset(dataset).split("train"))[:4]
     t = torch.tensor([10, 200, 500, 900])
-    assert torch.equal(generator.predict_noise(sample, t, conditions), again.predict_noise(sample, t, conditions))
+    assert torch.equal(generator.predict(sample, t, conditions), again.predict(sample, t, conditions))
     from diffusers import UNet2DModel  # after cfgen, which makes torchvision importable
 
     plain = UNet2DModel.from_pretrained(trained, subfolder="unet")
     assert torch.equal(
         plain(sample, t, class_labels=generator.encoder(conditions)).sample,
-        generator.predict_noise(sample, t, conditions),
+        generator.predict(sample, t, conditions),
     )
 
     record = generator.training
     assert record["preset"] == "tiny" and record["steps"] == 4 and record["seed"] == 0
+    assert record["prediction_type"] == "v_prediction" == generator.scheduler.config.prediction_type
     assert record["deconfound"] == ["reweight", "consistency"]
     codes = generator.conditions(open_dataset(dataset).split("train"))[:, discrete_columns(generator.schema)]
     ess = effective_sample_size(reweight_weights(codes.long().numpy(), clip=20))
@@ -268,6 +296,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Pa
     shutil.copytree(trained, interrupted)
     stored = json.loads((interrupted / "training_config.json").read_text())
     del stored["lr_schedule"]  # as a run stored before the option existed, which used a constant rate
+    del stored["prediction_type"]  # likewise: such a run predicted the noise
     stored["learning_rate"] = 5e-4  # as a run started before the preset changed: it goes on as it began
     (interrupted / "training_config.json").write_text(json.dumps(stored))
     (interrupted / CONFIG_FILE).unlink()  # as if stopped after the checkpoint at step 2
@@ -280,6 +309,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained: Path, tmp_path: Pa
     train_generator(dataset, interrupted, **TINY, deconfound="reweight,consistency", resume=True)
     record = Generator.load(interrupted).training
     assert record["resumed_from_step"] == 2 and record["steps"] == 4 and record["learning_rate"] == 5e-4
+    assert record["prediction_type"] == "epsilon" == Generator.load(interrupted).scheduler.config.prediction_type
     assert [step for step, _ in list_checkpoints(interrupted)] == [2, 4]
     assert (interrupted / "judges" / "model.safetensors").stat().st_mtime_ns == judges  # reused, not retrained
     with pytest.raises(CfgenError, match="finished generator"):
@@ -307,7 +337,7 @@ def test_command_line_options_reach_the_configuration():
         shlex.split(
             "--data d --out o --label y --attributes color,shape --preset tiny --steps 7 --mixed-precision no "
             "--deconfound reweight,consistency --cycle-weight 0.5 --consistency-min-timestep 50 --edit-fraction 0.5 "
-            "--resume --snr-gamma 2 --lr-schedule cosine"
+            "--resume --snr-gamma 2 --lr-schedule cosine --prediction-type epsilon"
         )
     )
     config = config_from_args(args).resolved()
@@ -315,7 +345,9 @@ def test_command_line_options_reach_the_configuration():
     assert config.deconfound == ("reweight", "consistency") and config.attributes == ["color", "shape"]
     assert config.consistency == ConsistencySettings(cycle_weight=0.5, min_timestep=50, edit_fraction=0.5)
     assert config.resume and not config.overwrite and config.mixed_precision == "no" and config.snr_gamma == 2
-    assert config.lr_schedule == "cosine"
+    assert config.lr_schedule == "cosine" and config.prediction_type == "epsilon"
+    with pytest.raises(CfgenError, match="unknown --prediction-type 'x0'; valid: epsilon, v_prediction"):
+        TrainingConfig(data="d", out="o", prediction_type="x0").resolved()
 
 
 def test_existing_output_is_refused_without_resume_or_overwrite(dataset: Path, tmp_path: Path):
@@ -494,4 +526,6 @@ def test_self_training_refuses_edits_of_other_rows_and_a_generator_of_other_vari
         train_generator(dataset, tmp_path / "a", **TINY, init_from=trained, counterfactuals=of_test)
     with pytest.raises(CfgenError, match=r"--init-from .* was trained on other variables or values than the data"):
         train_generator(dataset, tmp_path / "b", **TINY, attributes=["color"], init_from=trained)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything was written
+    with pytest.raises(CfgenError, match=r"--init-from .* predicts v_prediction, this run epsilon"):
+        train_generator(dataset, tmp_path / "c", **TINY, init_from=trained, prediction_type="epsilon")
+    assert not any((tmp_path / name).exists() for name in "abc")  # refused before anything was written

@@ -11,7 +11,7 @@ from cfgen.generator.deconfounding import (
     CONSISTENCY_TERMS,
     ConsistencySettings,
 )
-from cfgen.generator.model import ARCHITECTURES
+from cfgen.generator.model import ARCHITECTURES, PREDICTION_TYPES
 from cfgen.generator.training import train
 from cfgen.runtime import (
     MIXED_PRECISION_CHOICES,
@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     preset = parser.add_argument_group("preset values (default: the preset's, docs/generator.md; given, they win)")
     preset.add_argument("--architecture", choices=list(ARCHITECTURES), help="UNet size")
+    preset.add_argument(
+        "--prediction-type", choices=list(PREDICTION_TYPES), help="what the UNet predicts: the noise or the velocity"
+    )
     preset.add_argument("--steps", type=int, help="optimizer steps")
     preset.add_argument("--batch-size", type=int, help="images per process per step")
     preset.add_argument("--learning-rate", type=float, help="AdamW learning rate after warm-up")

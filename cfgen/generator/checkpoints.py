@@ -20,7 +20,7 @@ CHECKPOINTS_FOLDER = "checkpoints"
 
 
 # Options added after some runs were stored, with the value those runs used.
-STORED_DEFAULTS = {"lr_schedule": "constant"}
+STORED_DEFAULTS = {"lr_schedule": "constant", "prediction_type": "epsilon"}
 
 
 def stored_config(out: Path) -> dict[str, Any] | None:

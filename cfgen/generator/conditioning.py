@@ -3,7 +3,7 @@
 Each variable gets its own embedding (a table for discrete ones, a linear map for continuous ones)
 plus a learned null vector used when the variable is dropped. The embeddings are summed into one
 vector that the UNet adds to its timestep embedding. Dropping variables independently during
-training lets inference ask for the noise prediction with any subset of variables unknown, which
+training lets inference ask for the prediction with any subset of variables unknown, which
 is what per-attribute classifier-free guidance needs.
 """
 

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
 from cfgen.data.cells import cell_index, editable_columns, label_groups, pair_counts
 from cfgen.data.schema import Schema
 from cfgen.data.tensors import to_model_range
 from cfgen.errors import CfgenError
+from cfgen.generator.model import predicted_clean
 from cfgen.judges import AttributeJudges
 
 DECONFOUND_CHOICES = ("none", "reweight", "consistency")
@@ -35,7 +37,7 @@ JUDGES_FOLDER = "judges"
 CONTRASTIVE_NEGATIVES = 4
 CONTRASTIVE_TEMPERATURE = 0.1
 
-# model(noisy images, timesteps, conditions, keep) -> predicted noise
+# model(noisy images, timesteps, conditions, keep) -> the prediction (noise or velocity)
 NoiseModel = Callable[..., torch.Tensor]
 
 
@@ -101,7 +103,7 @@ class ConsistencyObjective:
     The first ``edit_fraction`` of the batch is edited: one discrete attribute per example gets a new
     value drawn with probability proportional to 1 / (1 + n(label, value)), so rare and unseen
     combinations dominate. Each edited image is noised to a timestep in [min, max) and the model's
-    noise prediction under the edited conditions gives its predicted clean image, which is judged.
+    prediction under the edited conditions gives its predicted clean image, which is judged.
     """
 
     def __init__(
@@ -110,14 +112,15 @@ class ConsistencyObjective:
         schema: Schema,
         conditions: torch.Tensor,
         images: np.ndarray,
-        alphas_cumprod: torch.Tensor,
+        scheduler: DDPMScheduler,
         settings: ConsistencySettings,
     ):
         self.judges = judges
         self.schema = schema
         self.settings = settings
         self.images = images  # uint8 (N, H, W, C): the pool of real positives and hard negatives
-        self.alphas_cumprod = alphas_cumprod.float()
+        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.prediction_type = scheduler.config.prediction_type
         self.columns = [schema.names.index(name) for name in judges.names]
         # (head, column, number of values) of every attribute that can be edited
         self.editable = [
@@ -163,7 +166,7 @@ class ConsistencyObjective:
         noise = torch.randn_like(source)
         timesteps = timesteps.to(source.device)
         noisy = signal * source + spread * noise
-        predicted = (noisy - spread * model(noisy, timesteps, edited).float()) / signal
+        predicted = predicted_clean(model(noisy, timesteps, edited).float(), noisy, alpha, self.prediction_type)
 
         terms: dict[str, torch.Tensor] = {}
         judged = any(weights[term] > 0 for term in ("effectiveness", "preservation", "contrastive"))
@@ -172,7 +175,9 @@ class ConsistencyObjective:
             terms.update(self._classification(logits, heads, targets.to(source.device), codes.to(source.device)))
         if weights["cycle"] > 0:
             renoised = signal * predicted + spread * noise
-            restored = (renoised - spread * model(renoised, timesteps, factual).float()) / signal
+            restored = predicted_clean(
+                model(renoised, timesteps, factual).float(), renoised, alpha, self.prediction_type
+            )
             terms["cycle"] = F.mse_loss(restored, source)
         if weights["contrastive"] > 0:
             terms["contrastive"] = self._contrastive(features, groups, columns, targets)

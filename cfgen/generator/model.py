@@ -34,6 +34,20 @@ ARCHITECTURES = {
     "quick": {"block_out_channels": (16, 32, 64), "layers_per_block": 1, "attention": False},
     "full": {"block_out_channels": (64, 128, 256), "layers_per_block": 2, "attention": True},
 }
+# What the UNet predicts (diffusers' ``prediction_type``): the noise, or the velocity sqrt(a) noise -
+# sqrt(1 - a) image, whose error at high noise levels is an error of the clean image itself rather
+# than of the noise (where the noise is nearly all of the sample and says little about the image).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def predicted_clean(
+    output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The clean image a prediction implies, for a sample at cumulative signal share ``alpha``."""
+    signal, spread = alpha.sqrt(), (1 - alpha).sqrt()
+    if prediction_type == "v_prediction":
+        return signal * sample - spread * output
+    return (sample - spread * output) / signal
 
 
 def build_unet(image_format: ImageFormat, architecture: str) -> UNet2DModel:
@@ -80,12 +94,19 @@ class Generator:
 
     @classmethod
     def create(
-        cls, schema: Schema, image_format: ImageFormat, architecture: str = "quick", table: MetadataTable | None = None
+        cls,
+        schema: Schema,
+        image_format: ImageFormat,
+        architecture: str = "quick",
+        table: MetadataTable | None = None,
+        prediction_type: str = "v_prediction",
     ) -> "Generator":
         """A new generator; ``table`` (the training rows) sets how continuous variables are standardised."""
         unet = build_unet(image_format, architecture)
         encoder = AttributeEncoder.for_schema(schema, unet.config.block_out_channels[0] * 4)
-        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+        scheduler = DDPMScheduler(
+            num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type
+        )
         standardization = {}
         for variable in schema.variables:
             if not variable.is_discrete and table is not None:
@@ -101,12 +122,13 @@ class Generator:
         """The trainable parts as one module, for optimizers, EMA and accelerate."""
         return torch.nn.ModuleDict({"unet": self.unet, "encoder": self.encoder})
 
-    def predict_noise(
+    def predict(
         self, sample: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor, keep: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """The UNet's output: the noise or the velocity, as the scheduler's ``prediction_type`` says."""
         return self.unet(sample, timesteps, class_labels=self.encoder(conditions, keep)).sample
 
-    def guided_noise(
+    def guided_prediction(
         self,
         sample: torch.Tensor,
         timesteps: torch.Tensor,
@@ -116,13 +138,13 @@ class Generator:
     ) -> torch.Tensor:
         """Per-attribute classifier-free guidance in one batched forward pass.
 
-        eps = eps(all) + sum_a w_a * (eps(all) - eps(negative of a)): each guided attribute is pushed
+        p = p(all) + sum_a w_a * (p(all) - p(negative of a)), p the prediction: each guided attribute is pushed
         toward its requested value given every other variable, away from the prediction with a dropped,
         or, where ``negative`` (B, V) rows hold another value of a, with a at that value.
         """
         names = [name for name, weight in guidance.items() if weight]
         if not names:
-            return self.predict_noise(sample, timesteps, conditions)
+            return self.predict(sample, timesteps, conditions)
         batch, variables = conditions.shape
         repeat = len(names) + 1
         keep = torch.ones(repeat, batch, variables, dtype=torch.bool, device=conditions.device)
@@ -134,14 +156,14 @@ class Generator:
                 rows[j, :, column] = negative[:, column]
             else:
                 keep[j, :, column] = False
-        noise = self.predict_noise(
+        predicted = self.predict(
             sample.repeat(repeat, 1, 1, 1),
             timesteps.repeat(repeat) if timesteps.ndim else timesteps,
             rows.reshape(repeat * batch, variables),
             keep.reshape(repeat * batch, variables),
         ).reshape(repeat, *sample.shape)
-        full = noise[0]
-        return full + sum(guidance[name] * (full - noise[j]) for j, name in enumerate(names, start=1))
+        full = predicted[0]
+        return full + sum(guidance[name] * (full - predicted[j]) for j, name in enumerate(names, start=1))
 
     def conditions(self, table: MetadataTable) -> torch.Tensor:
         """(N, V) float tensor of codes and values for the rows of a table, checked against the schema."""

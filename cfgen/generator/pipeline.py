@@ -153,7 +153,7 @@ class CounterfactualPipeline(DiffusionPipeline):
 
     @property
     def model(self) -> Generator:
-        """The generator the components make up: noise prediction, guidance and condition rows."""
+        """The generator the components make up: predictions, guidance and condition rows."""
         return Generator(
             self.unet,
             self.attribute_encoder,
@@ -195,8 +195,8 @@ class CounterfactualPipeline(DiffusionPipeline):
         model = self.model
         path = [images]
         for t in self.inversion_timesteps(settings):
-            noise = model.predict_noise(path[-1], t, factual).to(images.dtype)
-            path.append(self.inverse_scheduler.step(noise, int(t), path[-1]).prev_sample)
+            predicted = model.predict(path[-1], t, factual).to(images.dtype)
+            path.append(self.inverse_scheduler.step(predicted, int(t), path[-1]).prev_sample)
         return InversionPath(path, factual=factual)
 
     @torch.inference_mode()
@@ -223,14 +223,14 @@ class CounterfactualPipeline(DiffusionPipeline):
         corrections = []
         for step, t in enumerate(timesteps):
             sample, target = latents[settings.steps - step], latents[settings.steps - 1 - step]
-            eps = model.predict_noise(sample, t, factual).to(images.dtype)
-            corrections.append(target - self.ddpm_step(eps, t, sample))
+            predicted = model.predict(sample, t, factual).to(images.dtype)
+            corrections.append(target - self.ddpm_step(predicted, t, sample))
         return InversionPath(latents, corrections, factual)
 
-    def ddpm_step(self, eps: torch.Tensor, t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    def ddpm_step(self, predicted: torch.Tensor, t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The mean of DDPM's step from ``t`` to the previous decoding timestep (DDIM with eta 1, no noise)."""
         zero = torch.zeros_like(sample)
-        return self.scheduler.step(eps, int(t), sample, eta=1.0, variance_noise=zero).prev_sample
+        return self.scheduler.step(predicted, int(t), sample, eta=1.0, variance_noise=zero).prev_sample
 
     @torch.inference_mode()
     def edit_mask(
@@ -240,7 +240,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         image; from the model's own predictions along the source's inversion path, no knowledge of the
         images. None where the edit is not localized (``settings.localize`` "no").
 
-        ``edit``: where the noise predicted under the target values differs from that under the factual
+        ``edit``: where the prediction under the target values differs from that under the factual
         ones, split from the rest by Otsu's threshold (per image) and grown by a pixel, at every step.
         ``others``: everywhere but what the variables the edit keeps have a say in (where forgetting one
         of them changes the prediction), that region split off likewise. Their say spreads a little
@@ -255,13 +255,13 @@ class CounterfactualPipeline(DiffusionPipeline):
         influence = torch.zeros_like(path.latents[0][:, :1], dtype=torch.float32)
         for latent, t in zip(path.latents[1:], self.inversion_timesteps(settings), strict=True):
             if settings.localize == "edit":
-                predicted = model.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
+                predicted = model.predict(torch.cat([latent, latent]), t, torch.cat([factual, target]))
                 before, after = predicted.float().chunk(2)
                 influence += (after - before).abs().mean(1, keepdim=True)
                 continue
             batch, variables = factual.shape
             forget = ~torch.eye(variables, dtype=torch.bool, device=factual.device).repeat_interleave(batch, 0)
-            predicted = model.predict_noise(
+            predicted = model.predict(
                 latent.repeat(variables + 1, 1, 1, 1), t, factual.repeat(variables + 1, 1),
                 torch.cat([torch.ones_like(forget[:batch]), forget]),
             ).float()  # fmt: skip
@@ -299,11 +299,12 @@ class CounterfactualPipeline(DiffusionPipeline):
         negative = path.factual if settings.negative == "source" else None
         sample = path.latents[-1]
         for step, t in enumerate(self.decoding_timesteps(settings)):
-            eps = model.guided_noise(sample, t, target, settings.guidance_at(step), negative).to(sample.dtype)
+            predicted = model.guided_prediction(sample, t, target, settings.guidance_at(step), negative)
+            predicted = predicted.to(sample.dtype)
             if path.corrections is None:
-                sample = self.scheduler.step(eps, int(t), sample, eta=0.0).prev_sample
+                sample = self.scheduler.step(predicted, int(t), sample, eta=0.0).prev_sample
             else:
-                sample = self.ddpm_step(eps, t, sample) + path.corrections[step]
+                sample = self.ddpm_step(predicted, t, sample) + path.corrections[step]
             if mask is not None:
                 sample = torch.lerp(path.latents[settings.steps - 1 - step], sample, mask[step].to(sample.dtype))
         return sample
@@ -448,6 +449,7 @@ def model_card(record: dict[str, Any]) -> str:
         for v in schema.variables
     )
     (width, height), mode = record["image_format"]["size"], record["image_format"]["mode"]
+    predicted = "the velocity" if training.get("prediction_type") == "v_prediction" else "the noise"
     return f"""---
 library_name: diffusers
 tags: [cfgen, counterfactuals, diffusion]
@@ -475,8 +477,8 @@ out = pipe(images, factual_rows, "{schema.attributes[0].name}=random")  # out.im
 
 ## Training
 
-{training.get("architecture", "?")} UNet, {training.get("steps", "?")} steps at an effective batch of
-{training.get("effective_batch_size", "?")} ({training.get("mixed_precision", "?")} precision,
+{training.get("architecture", "?")} UNet predicting {predicted}, {training.get("steps", "?")} steps at an
+effective batch of {training.get("effective_batch_size", "?")} ({training.get("mixed_precision", "?")} precision,
 {training.get("seconds", "?")} s), deconfounding: {", ".join(training.get("deconfound", [])) or "none"}.
 The full record is `cfgen_generator.json` (`training`).
 

@@ -81,8 +81,10 @@ def accepted_edits(judges: Judges, schema: Schema, edits: Edits, images: np.ndar
     return accepted
 
 
-def start_from(folder: str | Path, schema: Schema, image_format: ImageFormat, architecture: str) -> Generator:
-    """The trained generator in ``folder``, checked to fit the data and the architecture of this run."""
+def start_from(
+    folder: str | Path, schema: Schema, image_format: ImageFormat, architecture: str, prediction_type: str
+) -> Generator:
+    """The trained generator in ``folder``, checked to fit the data, the architecture and the objective of this run."""
     generator = Generator.load(folder)
     if generator.schema.to_dict() != schema.to_dict():
         raise CfgenError(
@@ -99,5 +101,11 @@ def start_from(folder: str | Path, schema: Schema, image_format: ImageFormat, ar
         raise CfgenError(
             f"--init-from {folder} has the {generator.training.get('architecture')!r} architecture, this run "
             f"{architecture!r}; give --architecture {generator.training.get('architecture')}"
+        )
+    trained_for = generator.scheduler.config.prediction_type
+    if trained_for != prediction_type:
+        raise CfgenError(
+            f"--init-from {folder} predicts {trained_for}, this run {prediction_type}; "
+            f"give --prediction-type {trained_for}"
         )
     return generator

@@ -86,7 +86,7 @@ class Denoiser(nn.Module):
     def forward(
         self, sample: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor, keep: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.generator.predict_noise(sample, timesteps, conditions, keep)
+        return self.generator.predict(sample, timesteps, conditions, keep)
 
 
 @dataclass
@@ -157,11 +157,13 @@ def denoising_loss(
         timesteps = torch.multinomial(timestep_weights, len(images), replacement=True).to(images.device)
     noisy = scheduler.add_noise(images, noise, timesteps)
     keep = torch.rand(conditions.shape, device=conditions.device) >= condition_dropout
-    errors = F.mse_loss(model(noisy, timesteps, conditions, keep).float(), noise, reduction="none").mean(dim=(1, 2, 3))
+    velocity = scheduler.config.prediction_type == "v_prediction"
+    target = scheduler.get_velocity(images, noise, timesteps) if velocity else noise
+    errors = F.mse_loss(model(noisy, timesteps, conditions, keep).float(), target, reduction="none").mean(dim=(1, 2, 3))
     if not snr_gamma:
         return errors.mean()
     snr = compute_snr(scheduler, timesteps)
-    return (errors * snr.clamp(max=snr_gamma) / snr).mean()
+    return (errors * snr.clamp(max=snr_gamma) / (snr + 1 if velocity else snr)).mean()
 
 
 def training_loss(
@@ -205,9 +207,9 @@ def train(config: TrainingConfig) -> Path:
     data = load_training_data(config, progress=accelerator.is_local_main_process)
     table, schema, images = data.table, data.schema, data.images
     if config.init_from:
-        generator = start_from(config.init_from, schema, data.image_format, config.architecture)
+        generator = start_from(config.init_from, schema, data.image_format, config.architecture, config.prediction_type)
     else:
-        generator = Generator.create(schema, data.image_format, config.architecture, table)
+        generator = Generator.create(schema, data.image_format, config.architecture, table, config.prediction_type)
     conditions = generator.conditions(table)
     if len(table) < config.batch_size * accelerator.num_processes:
         raise CfgenError(
@@ -256,9 +258,7 @@ def train(config: TrainingConfig) -> Path:
         accelerator.print(f"reweighting: effective sample size {ess:.0f} of {len(codes)} images")
     consistency = None
     if "consistency" in config.deconfound:
-        consistency = ConsistencyObjective(
-            judges, schema, conditions, images, generator.scheduler.alphas_cumprod, config.consistency
-        )
+        consistency = ConsistencyObjective(judges, schema, conditions, images, generator.scheduler, config.consistency)
         record["consistency"] = {**asdict(config.consistency), "judges": {"folder": JUDGES_FOLDER, **judges_record}}
 
     # Model, optimizer, data loader and schedule, prepared by accelerate; EMA of the prepared weights.
@@ -381,7 +381,7 @@ def train(config: TrainingConfig) -> Path:
             "architecture": config.architecture,
             "preset": config.preset,
             "deconfound": list(config.deconfound),
-            "objective": "DDPM epsilon prediction",
+            "prediction_type": config.prediction_type,
             "snr_gamma": config.snr_gamma,
             "timestep_bias": {"multiplier": config.timestep_bias_multiplier, "portion": config.timestep_bias_portion},
             "steps": progress.step,
