@@ -25,7 +25,7 @@ from cfgen.data.table import read_imagefolder
 from cfgen.data.tensors import to_model_range
 from cfgen.datasets.colored_mnist.rendering import render_counterfactual
 from cfgen.generator.inference import InferenceSettings, otsu_threshold
-from cfgen.generator.model import Generator
+from cfgen.generator.model import Generator, predicted_clean
 from cfgen.generator.pipeline import CounterfactualPipeline
 from cfgen.io import write_json
 
@@ -48,7 +48,7 @@ def main() -> None:
     sources = table.select(rows)
     uint8 = load_images(sources.image_paths, generator.image_format)
     images, factual = to_model_range(uint8), generator.conditions(sources)
-    alphas = generator.scheduler.alphas_cumprod
+    alphas, prediction_type = generator.scheduler.alphas_cumprod, generator.scheduler.config.prediction_type
     results = {}
     for attribute, depth in DEPTHS.items():
         column, values = generator.schema.names.index(attribute), generator.schema[attribute].values
@@ -67,8 +67,9 @@ def main() -> None:
                     predicted = generator.predict(torch.cat([latent, latent]), t, torch.cat([factual, target]))
                     before, after = predicted.chunk(2)
                     level = (after - before).abs().mean(1, keepdim=True)
-                    if weighting == "clean image":
-                        level = level * ((1 - alphas[int(t)]) / alphas[int(t)]).sqrt()
+                    if weighting == "clean image":  # the difference of the clean images they imply
+                        clean = [predicted_clean(p, latent, alphas[int(t)], prediction_type) for p in (before, after)]
+                        level = (clean[1] - clean[0]).abs().mean(1, keepdim=True)
                     elif weighting == "normalised":
                         level = level / level.mean((1, 2, 3), keepdim=True)
                     difference += level

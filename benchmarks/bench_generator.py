@@ -239,7 +239,9 @@ def throughput(data: Path, args: argparse.Namespace) -> dict[str, Any]:
     preset = PRESETS[args.preset]
     batch = preset["batch_size"]
     rows = read_imagefolder(data).split("train")
-    generator = Generator.create(rows.schema(), ImageFormat((28, 28), "RGB"), preset["architecture"])
+    generator = Generator.create(
+        rows.schema(), ImageFormat((28, 28), "RGB"), preset["architecture"], prediction_type=preset["prediction_type"]
+    )
     device = torch.device("cuda")
     modules = generator.modules().to(device)
     images = torch.randn(batch, 3, 28, 28, device=device)

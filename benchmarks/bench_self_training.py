@@ -53,11 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     run, work = Path(args.run).resolve(), Path(args.work)
-    training = Generator.load(run / "generator").training
+    generator = Generator.load(run / "generator")
+    training = generator.training
     shutil.rmtree(work, ignore_errors=True)
     recipe = {
         "preset": training["preset"], "deconfound": ",".join(training["deconfound"]), "steps": args.steps,
-        "init_from": run / "generator", "seed": training["seed"],
+        "init_from": run / "generator", "seed": training["seed"], "architecture": training["architecture"],
+        "prediction_type": generator.scheduler.config.prediction_type,
     }  # fmt: skip
     seconds = {}
     for name, edits in (("control", None), ("self-trained", run / "counterfactuals")):

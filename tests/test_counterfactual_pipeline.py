@@ -20,16 +20,30 @@ from cfgen.generator.training import train_generator
 
 
 @pytest.fixture(scope="module")
-def generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [
         {"y": str(y), "color": color, "shape": shape, "split": "train"}
         for y in range(3)
         for color in ("red", "green", "blue")
         for shape in ("a", "b")
     ]
-    data = write_folder(tmp_path_factory.mktemp("data") / "d", rows)
-    return train_generator(data, tmp_path_factory.mktemp("gen") / "gen", label="y", preset="tiny", steps=4,
-                           checkpoint_every=0, mixed_precision="no")  # fmt: skip
+    return write_folder(tmp_path_factory.mktemp("data") / "d", rows)
+
+
+def _tiny_generator(data: Path, out: Path, prediction_type: str) -> Path:
+    return train_generator(data, out, label="y", preset="tiny", steps=4, checkpoint_every=0, mixed_precision="no",
+                           prediction_type=prediction_type)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def generator(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_generator(data, tmp_path_factory.mktemp("gen") / "gen", "v_prediction")
+
+
+@pytest.fixture(scope="module")
+def noise_generator(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Predicting the noise, as every generator from before the velocity did."""
+    return _tiny_generator(data, tmp_path_factory.mktemp("gen") / "gen", "epsilon")
 
 
 def sources(generator: Path, count: int) -> tuple[list[Image.Image], list[dict[str, str]]]:
@@ -49,6 +63,9 @@ def test_the_folder_opens_as_a_diffusers_pipeline(generator: Path) -> None:
     assert ours.config.schema["label"]["name"] == "y" and ours.config.image_format == {"size": [8, 8], "mode": "RGB"}
     for name, weight in ours.unet.state_dict().items():
         assert torch.equal(weight, generic.unet.state_dict()[name])
+    for pipeline in (ours, generic):  # both directions step the velocity the tiny preset trains
+        assert pipeline.scheduler.config.prediction_type == "v_prediction"
+        assert pipeline.inverse_scheduler.config.prediction_type == "v_prediction"
     card = (generator / "README.md").read_text()
     assert (
         "| color | attribute | categorical | blue, green, red |" in card
@@ -94,7 +111,8 @@ def test_bad_input_is_refused(generator: Path) -> None:
         pipe(images, rows[:1], "color=red")
 
 
-def test_a_folder_from_before_the_pipeline_still_loads(generator: Path, tmp_path: Path) -> None:
+def test_a_folder_from_before_the_pipeline_still_loads(noise_generator: Path, tmp_path: Path) -> None:
+    generator = noise_generator
     old = Path(shutil.copytree(generator, tmp_path / "old"))
     (old / "model_index.json").unlink()
     shutil.rmtree(old / "inverse_scheduler")
@@ -105,6 +123,8 @@ def test_a_folder_from_before_the_pipeline_still_loads(generator: Path, tmp_path
     del config["standardization"]
     (old / "cfgen_generator.json").write_text(json.dumps(config))
     images, rows = sources(generator, 2)
-    before = CounterfactualPipeline.load(old)(images, rows, "color=red", steps=4, output_type="np").images
+    loaded = CounterfactualPipeline.load(old)
+    assert loaded.scheduler.config.prediction_type == loaded.inverse_scheduler.config.prediction_type == "epsilon"
+    before = loaded(images, rows, "color=red", steps=4, output_type="np").images
     now = CounterfactualPipeline.from_pretrained(generator)(images, rows, "color=red", steps=4, output_type="np")
     assert np.array_equal(before, now.images)

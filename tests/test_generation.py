@@ -63,14 +63,23 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_colored_mnist(config, tmp_path_factory.mktemp("data") / "cmnist")
 
 
-@pytest.fixture(scope="module")
-def generator(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _tiny_generator(dataset: Path, out: Path, prediction_type: str) -> Path:
     """A tiny generator after a few dozen steps: enough for structure, far from a good model."""
-    out = tmp_path_factory.mktemp("gen") / "gen"
     return train_generator(
         dataset, out, preset="tiny", steps=40, batch_size=16, learning_rate=3e-3, ema_decay=0.0,
-        checkpoint_every=0, mixed_precision="no",
+        checkpoint_every=0, mixed_precision="no", prediction_type=prediction_type,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def generator(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_generator(dataset, tmp_path_factory.mktemp("gen") / "gen", "v_prediction")
+
+
+@pytest.fixture(scope="module")
+def noise_generator(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As ``generator``, predicting the noise (the quick preset, and every generator from before the velocity)."""
+    return _tiny_generator(dataset, tmp_path_factory.mktemp("gen") / "gen", "epsilon")
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +112,15 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a.clamp(-1, 1) - b) ** 2).mean() / 4)  # on the [0, 1] scale
 
 
-def test_inversion_then_decoding_reconstructs(dataset: Path, generator: Path) -> None:
-    pipeline = CounterfactualPipeline.load(generator)
+@pytest.mark.parametrize(
+    ("trained", "prediction_type"), [("generator", "v_prediction"), ("noise_generator", "epsilon")]
+)
+def test_inversion_then_decoding_reconstructs(
+    trained: str, prediction_type: str, dataset: Path, request: pytest.FixtureRequest
+) -> None:
+    pipeline = CounterfactualPipeline.load(request.getfixturevalue(trained))
+    for scheduler in (pipeline.scheduler, pipeline.inverse_scheduler):
+        assert scheduler.config.prediction_type == prediction_type
     model = pipeline.model
     table = read_imagefolder(dataset).split("test")
     images = to_model_range(load_images(table.image_paths[:8], model.image_format))
@@ -661,7 +677,7 @@ def test_guidance_pushes_away_from_the_source_value_where_the_edit_changes_it(da
         at_source[:, column] = factual[:, column]
         source = model.predict(noisy, t, at_source)
         dropped = model.guided_prediction(noisy, t, target, {"bg_color": 2.0})
-    # eps(target) + w (eps(target) - eps(the attribute at its source value)) where the edit changes it
+    # p(target) + w (p(target) - p(the attribute at its source value)) where the edit changes it
     torch.testing.assert_close(away[1:], (full + 2.0 * (full - source))[1:], rtol=1e-4, atol=1e-4)
     # a row the edit keeps has no source direction: the attribute is dropped, as classifier-free guidance does
     torch.testing.assert_close(away[:1], dropped[:1], rtol=1e-4, atol=1e-4)

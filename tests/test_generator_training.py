@@ -153,10 +153,21 @@ def test_the_objective_is_the_prediction_type_s_target(prediction_type: str, dat
     alpha = alphas[timesteps][:, None, None, None]
     assert torch.allclose(predicted_clean(output, noisy, alpha, prediction_type), images, atol=1e-3)
 
+    # an imperfect model's loss: each image's squared error weighted by min(SNR, 5) / SNR, or / (SNR + 1)
+    torch.manual_seed(4)
+    loss = denoising_loss(lambda noisy, *_: torch.zeros_like(noisy), scheduler, images, conditions, 0.1, 5.0)
+    torch.manual_seed(4)  # the same noise and timesteps, drawn in the same order
+    noise, timesteps = torch.randn_like(images), torch.randint(0, 1000, (len(images),))
+    target = noise if prediction_type == "epsilon" else scheduler.get_velocity(images, noise, timesteps)
+    snr = alphas[timesteps] / (1 - alphas[timesteps])
+    weights = snr.clamp(max=5.0) / (snr if prediction_type == "epsilon" else snr + 1)
+    assert loss.item() == pytest.approx((target.pow(2).mean(dim=(1, 2, 3)) * weights).mean().item(), rel=1e-5)
 
-def test_each_consistency_term_changes_the_gradients(dataset: Path):
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_each_consistency_term_changes_the_gradients(prediction_type: str, dataset: Path):
     torch.manual_seed(0)
-    generator, images, conditions = _batch(dataset)
+    generator, images, conditions = _batch(dataset, prediction_type)
     model = Denoiser(generator)
     schema = generator.schema
     columns = discrete_columns(schema)

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-checkpoints", type=int, default=2, help="latest checkpoints kept (default 2)")
     parser.add_argument("--condition-dropout", type=float, default=0.1, help="per-variable dropout (default 0.1)")
     parser.add_argument(
-        "--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting gamma (default 5; 0: plain epsilon MSE)"
+        "--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting gamma (default 5; 0: plain squared error)"
     )
     parser.add_argument(
         "--timestep-bias-multiplier",

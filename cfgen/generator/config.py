@@ -135,7 +135,7 @@ class TrainingConfig:
     judge_batch_size: int | None = None
     deconfound: str | tuple[str, ...] = "none"
     condition_dropout: float = 0.1
-    snr_gamma: float = 5.0  # 0: the plain epsilon objective
+    snr_gamma: float = 5.0  # 0: the plain squared error of the prediction
     timestep_bias_multiplier: float = 1.0  # 1: timesteps drawn uniformly
     timestep_bias_portion: float = 0.6  # the low-noise share of timesteps the multiplier favours
     reweight_clip: float = 20.0

@@ -38,7 +38,7 @@ CONTRASTIVE_NEGATIVES = 4
 CONTRASTIVE_TEMPERATURE = 0.1
 
 # model(noisy images, timesteps, conditions, keep) -> the prediction (noise or velocity)
-NoiseModel = Callable[..., torch.Tensor]
+PredictionModel = Callable[..., torch.Tensor]
 
 
 def parse_deconfound(choices: str | Sequence[str]) -> tuple[str, ...]:
@@ -140,7 +140,9 @@ class ConsistencyObjective:
                     self.positives[column, group, value] = np.flatnonzero((groups == group) & (values == value))
                     self.negatives[column, group, value] = np.flatnonzero((groups != group) & (values == value))
 
-    def __call__(self, model: NoiseModel, images: torch.Tensor, conditions: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, model: PredictionModel, images: torch.Tensor, conditions: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Unweighted terms (only those with a positive weight) for a batch in [-1, 1] and its conditions."""
         settings, weights = self.settings, self.settings.weights()
         count = max(1, round(settings.edit_fraction * len(images)))

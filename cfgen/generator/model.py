@@ -75,7 +75,7 @@ def build_unet(image_format: ImageFormat, architecture: str) -> UNet2DModel:
 
 @dataclass
 class Generator:
-    """Everything needed to predict noise for an image under any (partially known) attributes."""
+    """Everything needed to denoise an image under any (partially known) attributes."""
 
     unet: UNet2DModel
     encoder: AttributeEncoder
@@ -99,7 +99,7 @@ class Generator:
         image_format: ImageFormat,
         architecture: str = "quick",
         table: MetadataTable | None = None,
-        prediction_type: str = "v_prediction",
+        prediction_type: str = "epsilon",
     ) -> "Generator":
         """A new generator; ``table`` (the training rows) sets how continuous variables are standardised."""
         unet = build_unet(image_format, architecture)

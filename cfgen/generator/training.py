@@ -144,11 +144,13 @@ def denoising_loss(
     snr_gamma: float,
     timestep_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DDPM epsilon objective; each variable is independently replaced by its null state with ``condition_dropout``.
+    """DDPM objective on the scheduler's ``prediction_type`` (the noise or the velocity); each variable is
+    independently replaced by its null state with ``condition_dropout``.
 
-    With ``snr_gamma`` > 0 each image's error is weighted by min(SNR(t), gamma) / SNR(t) (min-SNR
-    weighting, Hang et al. 2023), which stops the nearly clean timesteps from dominating (its effect
-    on edits is in docs/generator.md). Timesteps are uniform unless ``timestep_weights`` are given.
+    With ``snr_gamma`` > 0 each image's error is weighted by min(SNR(t), gamma) / SNR(t), or / (SNR(t) + 1)
+    for the velocity (min-SNR weighting, Hang et al. 2023), which stops the nearly clean timesteps from
+    dominating (its effect on edits is in docs/generator.md). Timesteps are uniform unless
+    ``timestep_weights`` are given.
     """
     noise = torch.randn_like(images)
     if timestep_weights is None:
