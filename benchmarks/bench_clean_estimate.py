@@ -40,10 +40,9 @@ def clean_errors(generator: Generator, images: torch.Tensor, conditions: torch.T
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
     errors = {}
     for t in TIMESTEPS:
-        alpha = alphas[t]
-        noisy = alpha.sqrt() * images + (1 - alpha).sqrt() * noise
+        noisy = generator.scheduler.add_noise(images, noise, torch.full((len(images),), t))
         output = generator.predict(noisy, torch.tensor(t), conditions).float()
-        clean = predicted_clean(output, noisy, alpha, prediction_type).clamp(-1, 1)
+        clean = predicted_clean(output, noisy, alphas[t], prediction_type).clamp(-1, 1)
         errors[str(t)] = round(float(((clean - images) ** 2).mean()), 4)
     return errors
 
