@@ -35,7 +35,7 @@ from cfgen.generator.deconfounding import (
     ConsistencySettings,
     reweight_weights,
 )
-from cfgen.generator.model import CONFIG_FILE, PREDICTION_TYPES, Generator, predicted_clean
+from cfgen.generator.model import CONFIG_FILE, PREDICTION_TYPES, Generator, predicted_clean, predicted_noise
 from cfgen.generator.pipeline import save_generator
 from cfgen.generator.self_training import Edits, accepted_edits, load_edits
 from cfgen.generator.training import (
@@ -152,6 +152,7 @@ def test_the_objective_is_the_prediction_type_s_target(prediction_type: str, dat
     output = oracle(prediction_type)(noisy, timesteps, conditions, None)
     alpha = alphas[timesteps][:, None, None, None]
     assert torch.allclose(predicted_clean(output, noisy, alpha, prediction_type), images, atol=1e-3)
+    assert torch.allclose(predicted_noise(output, noisy, alpha, prediction_type), noise, atol=1e-4)
 
     # an imperfect model's loss: each image's squared error weighted by min(SNR, 5) / SNR, or / (SNR + 1)
     torch.manual_seed(4)

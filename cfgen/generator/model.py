@@ -50,6 +50,15 @@ def predicted_clean(
     return (sample - spread * output) / signal
 
 
+def predicted_noise(
+    output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The noise a prediction implies, for a sample at cumulative signal share ``alpha``."""
+    if prediction_type == "v_prediction":
+        return (1 - alpha).sqrt() * sample + alpha.sqrt() * output
+    return output
+
+
 def build_unet(image_format: ImageFormat, architecture: str) -> UNet2DModel:
     """A UNet2DModel whose timestep embedding receives the attribute embedding (identity class embedding)."""
     if architecture not in ARCHITECTURES:
@@ -127,6 +136,15 @@ class Generator:
     ) -> torch.Tensor:
         """The UNet's output: the noise or the velocity, as the scheduler's ``prediction_type`` says."""
         return self.unet(sample, timesteps, class_labels=self.encoder(conditions, keep)).sample
+
+    def predict_noise(
+        self, sample: torch.Tensor, timesteps: torch.Tensor, conditions: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The noise the UNet's output implies (float32), whatever it predicts: edit masks compare these,
+        so that a mask weighs the noise levels alike for either prediction type."""
+        alpha = self.scheduler.alphas_cumprod.to(sample.device)[timesteps].reshape(-1, 1, 1, 1)
+        output = self.predict(sample, timesteps, conditions, keep).float()
+        return predicted_noise(output, sample.float(), alpha, self.scheduler.config.prediction_type)
 
     def guided_prediction(
         self,

@@ -240,7 +240,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         image; from the model's own predictions along the source's inversion path, no knowledge of the
         images. None where the edit is not localized (``settings.localize`` "no").
 
-        ``edit``: where the prediction under the target values differs from that under the factual
+        ``edit``: where the noise predicted under the target values differs from that under the factual
         ones, split from the rest by Otsu's threshold (per image) and grown by a pixel, at every step.
         ``others``: everywhere but what the variables the edit keeps have a say in (where forgetting one
         of them changes the prediction), that region split off likewise. Their say spreads a little
@@ -255,16 +255,16 @@ class CounterfactualPipeline(DiffusionPipeline):
         influence = torch.zeros_like(path.latents[0][:, :1], dtype=torch.float32)
         for latent, t in zip(path.latents[1:], self.inversion_timesteps(settings), strict=True):
             if settings.localize == "edit":
-                predicted = model.predict(torch.cat([latent, latent]), t, torch.cat([factual, target]))
-                before, after = predicted.float().chunk(2)
+                predicted = model.predict_noise(torch.cat([latent, latent]), t, torch.cat([factual, target]))
+                before, after = predicted.chunk(2)
                 influence += (after - before).abs().mean(1, keepdim=True)
                 continue
             batch, variables = factual.shape
             forget = ~torch.eye(variables, dtype=torch.bool, device=factual.device).repeat_interleave(batch, 0)
-            predicted = model.predict(
+            predicted = model.predict_noise(
                 latent.repeat(variables + 1, 1, 1, 1), t, factual.repeat(variables + 1, 1),
                 torch.cat([torch.ones_like(forget[:batch]), forget]),
-            ).float()  # fmt: skip
+            )  # fmt: skip
             full, without = predicted[:batch], predicted[batch:].reshape(variables, *latent.shape)
             change = (without - full).abs().mean(2, keepdim=True)  # (V, B, 1, H, W)
             influence += (change * kept.T[:, :, None, None, None]).sum(0)
