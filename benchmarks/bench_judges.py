@@ -6,9 +6,9 @@ This trains the judges ``cfgen evaluate-counterfactuals`` uses on the generator 
 (digit -> fg_color at 0.99, 6,000 training images, 300 unconfounded test images), with a fresh
 cache, and reads the test images and the exact fg_color edits of them.
 
-    python benchmarks/bench_judges.py [--judge-steps 2000] [--threads 2]
+    python benchmarks/bench_judges.py [--judge-steps 2000] [--threads 2] [--results R.json]
 
-Writes benchmarks/results/judges.json (one entry per judge-steps setting).
+Writes benchmarks/results/judges.json (or --results; one entry per judge-steps setting).
 """
 
 import argparse
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cfgen-bench-judges"))
+    parser.add_argument("--results", default=str(RESULT))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -68,10 +69,10 @@ def main() -> None:
         "exact_fg_color_edits": accuracy(exact, np.arange(len(edits))),
         "record": judges.record,
     }
-    results = load_results(RESULT, {"data": config.to_dict()}, "evaluation judges of the built-in digits")
+    results = load_results(Path(args.results), {"data": config.to_dict()}, "evaluation judges of the built-in digits")
     results["machine"] = machine()
     results["entries"][str(args.judge_steps)] = entry
-    write_json(RESULT, results)
+    write_json(Path(args.results), results)
     print({k: entry[k] for k in ("judge_steps", "train_seconds", "sources", "exact_fg_color_edits")})
 
 

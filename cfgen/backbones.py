@@ -18,15 +18,18 @@ BACKBONES = ("small-cnn", "resnet18", "resnet50")
 
 
 class SmallCNN(nn.Module):
-    """Three conv blocks and global pooling: enough for colored digits, fast on a CPU."""
+    """Three conv blocks and global pooling: enough for colored digits, fast on a CPU. ``convolutions``
+    per block: a second one reads a digit's shape more precisely (the evaluation judges use two)."""
 
-    def __init__(self, in_channels: int = 3, width: int = 32):
+    def __init__(self, in_channels: int = 3, width: int = 32, convolutions: int = 1):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)
-            )
+            layers: list[nn.Module] = []
+            for i in range(convolutions):
+                conv = nn.Conv2d(cout if i else cin, cout, 3, padding=1)
+                layers += [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return nn.Sequential(*layers, nn.MaxPool2d(2))
 
         self.layers = nn.Sequential(block(in_channels, width), block(width, 2 * width), block(2 * width, 4 * width))
         self.feature_dim = 4 * width

@@ -563,6 +563,7 @@ def test_reach_grows_with_how_far_an_edit_goes(dataset: Path, judge_cache: Path)
     schema = table.schema("digit")
     options = {key.removeprefix("judge_"): value for key, value in JUDGE.items()}  # steps, batch_size, images
     judges = load_or_train_judges(table, schema, judge_cache, **options)
+    assert judges.network.convolutions == judges.record["cache_key"]["convolutions"] == 2  # the digits' own trunk
     rows = np.flatnonzero(table.column("split") == "validation")
     colours = schema["fg_color"].values
     targets = [colours[(colours.index(table.column("fg_color")[row]) + 1) % len(colours)] for row in rows]

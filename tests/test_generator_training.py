@@ -296,6 +296,18 @@ def test_trained_generator_round_trips_with_its_record(trained: Path, dataset: P
     assert "preview" in tensorboard_scalars(trained / "logs", "images")  # the preview grid, as an image
 
 
+def test_judges_saved_with_one_convolution_per_block_still_load(tmp_path: Path):
+    old = AttributeJudges(3, ["y", "color"], [2, 3], convolutions=1).eval()
+    old.save(tmp_path, {"steps": 1})
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["convolutions"]  # as judges were saved before they had two
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, record = AttributeJudges.load(tmp_path)
+    assert loaded.convolutions == 1 and record == {"steps": 1}
+    images = torch.rand(4, 3, 28, 28)
+    assert torch.equal(loaded(images)[0], old(images)[0])
+
+
 def test_report_to_none_logs_nothing(dataset: Path, tmp_path: Path):
     out = train_generator(dataset, tmp_path / "gen", **TINY, steps=2, checkpoint_every=0, report_to="none")
     assert (out / "cfgen_generator.json").is_file() and not (out / "logs").exists()

@@ -20,6 +20,7 @@ class BuiltinDataset(Protocol):
     spurious: tuple[str, ...]  # the attributes its default configuration ties to the label
     pixel_judged: tuple[str, ...]  # variables read off the pixels instead of by learned judges
     judge_input_name: str
+    judge_convolutions: int  # per block of its learned judges' trunk
     splits_note: str  # what its evaluation splits are, for reports
     shape_metrics: dict[str, str]  # the keys ``shape_fidelity`` returns, and their names in reports
 

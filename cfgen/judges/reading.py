@@ -113,6 +113,7 @@ def load_or_train_judges(
         "batch_size": batch_size,
         "images": images if builtin is not None else None,
         "input": builtin.judge_input_name if builtin is not None else "image",
+        "convolutions": builtin.judge_convolutions if builtin is not None else 1,
         "seed": seed,
     }
     record = {"pixel": pixel, "learned": [v.name for v in learned], "cache_key": key}
@@ -130,6 +131,8 @@ def load_or_train_judges(
 
     folder = cache / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network, saved = load_or_train(folder, key, training_data, steps, batch_size, seed, device, progress)
+    network, saved = load_or_train(
+        folder, key, training_data, steps, batch_size, seed, device, progress, key["convolutions"]
+    )
     record.update(folder=str(folder), training={k: v for k, v in saved.items() if k != "key"})
     return Judges(schema, network, image_format, record, builtin)

@@ -84,6 +84,7 @@ def train_judges(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    convolutions: int = 1,
 ) -> tuple[AttributeJudges, dict]:
     """Train judges on uint8 (N, H, W, C) images and (N, V) discrete codes so that each head reads its own variable.
 
@@ -99,7 +100,7 @@ def train_judges(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     weights = group_balanced_weights(codes)
-    judges = AttributeJudges(images.shape[-1], names, num_values).to(device)
+    judges = AttributeJudges(images.shape[-1], names, num_values, convolutions).to(device)
     optimizer = torch.optim.AdamW(judges.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     targets = torch.from_numpy(codes).to(device)
@@ -122,7 +123,7 @@ def train_judges(
         losses.append(loss.item())
     record = {
         "version": JUDGES_VERSION,
-        "backbone": "small-cnn",
+        "backbone": f"small-cnn, {judges.convolutions} convolutions per block",
         "sampling": "group-balanced (every non-empty cell of label and attribute values equally likely)",
         "product_of_experts": "log p(variable | other variables), naive Bayes over add-one smoothed pair counts",
         "cells": len(cell_index(codes)[1]),
@@ -147,6 +148,7 @@ def load_or_train(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    convolutions: int = 1,
 ) -> tuple[AttributeJudges, dict]:
     """The judges in ``folder``, trained there first when absent, from ``training_data()``: (uint8
     images, (N, V) codes, names, numbers of values). ``key`` (with ``JUDGES_VERSION`` added) is saved
@@ -154,7 +156,7 @@ def load_or_train(
     if not (folder / CONFIG_FILE).is_file():
         images, codes, names, num_values = training_data()
         judges, record = train_judges(images, codes, names, num_values, steps, batch_size, seed=seed, device=device,
-                                      progress=progress)  # fmt: skip
+                                      progress=progress, convolutions=convolutions)  # fmt: skip
         try:
             with atomic_output_dir(folder) as staging:
                 judges.save(staging, {**record, "key": {**key, "version": JUDGES_VERSION}})

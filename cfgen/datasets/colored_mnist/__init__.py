@@ -40,6 +40,7 @@ class ColoredMNIST:
     spurious = ("fg_color",)  # what the default dataset ties to the digit
     pixel_judged = ("fg_color", "bg_color")  # read off the pixels, not learned
     judge_input_name = "stroke map"
+    judge_convolutions = 2  # read its digits and thicknesses more precisely than one (docs/generator.md)
     shape_metrics: ClassVar[dict[str, str]] = {
         "stroke_iou": "stroke IoU",
         "stroke_width_error": "stroke width error (px)",
