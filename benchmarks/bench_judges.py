@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--judge-steps", type=int, default=DEFAULT_JUDGE_STEPS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cfgen-bench-judges"))
-    parser.add_argument("--results", default=str(RESULT))
+    parser.add_argument("--results", type=Path, default=RESULT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -69,10 +69,10 @@ def main() -> None:
         "exact_fg_color_edits": accuracy(exact, np.arange(len(edits))),
         "record": judges.record,
     }
-    results = load_results(Path(args.results), {"data": config.to_dict()}, "evaluation judges of the built-in digits")
+    results = load_results(args.results, {"data": config.to_dict()}, "evaluation judges of the built-in digits")
     results["machine"] = machine()
     results["entries"][str(args.judge_steps)] = entry
-    write_json(Path(args.results), results)
+    write_json(args.results, results)
     print({k: entry[k] for k in ("judge_steps", "train_seconds", "sources", "exact_fg_color_edits")})
 
 
