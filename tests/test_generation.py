@@ -297,7 +297,7 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
     assert accuracy["fg_color"] == accuracy["bg_color"] == 1.0 and accuracy["digit"] > 0.4
     scores = good["all"]
     assert scores["rows"] == good["exact_matched"] == 36 * 9 and scores["mse_to_exact"] == 0.0
-    assert scores["stroke_iou"] == 1.0 and scores["stroke_width_error"] == 0.0
+    assert scores["stroke_iou"] == 1.0 and scores["stroke_width_error"] == scores["stroke_width_change"] == 0.0
     assert scores["effectiveness"] == {"fg_color": 1.0, "all": 1.0} and scores["preservation"]["bg_color"] == 1.0
     for name in ("digit", "thickness"):  # an unconfounded judge reads the same after a colour edit
         assert scores["preservation"][name] == pytest.approx(accuracy[name], abs=0.15)
@@ -374,18 +374,18 @@ def test_stroke_fidelity_sees_shape_and_thickness_but_not_colour() -> None:
 
     truth = image(one)
 
-    def fidelity(edit: np.ndarray) -> tuple[float, float]:
+    def fidelity(edit: np.ndarray) -> tuple[float, float, float]:
         scores = stroke_fidelity(edit[None], truth[None])
-        return float(scores["stroke_iou"][0]), float(scores["stroke_width_error"][0])
+        return tuple(float(scores[key][0]) for key in ("stroke_iou", "stroke_width_error", "stroke_width_change"))
 
-    assert fidelity(truth) == (1.0, 0.0)
+    assert fidelity(truth) == (1.0, 0.0, 0.0)
     for colours in ({"fg_color": "cyan", "bg_color": "brown"}, {"fg_color": "pink", "bg_color": "gray"}):
-        iou, width_error = fidelity(image(one, **colours))
+        iou, width_error, _ = fidelity(image(one, **colours))
         assert iou > 0.9 and width_error < 0.2, colours
-    for thickness in ("thin", "thick"):
-        iou, width_error = fidelity(image(one, thickness=thickness))
-        assert iou < 0.8 and width_error > 0.5, thickness
-    iou, _ = fidelity(image(other))
+    for thickness, sign in (("thin", -1), ("thick", 1)):
+        iou, width_error, width_change = fidelity(image(one, thickness=thickness))
+        assert iou < 0.8 and width_error > 0.5 and width_change == sign * width_error, thickness
+    iou, _, _ = fidelity(image(other))
     assert iou < 0.4
 
 

@@ -226,6 +226,11 @@ def test_confounding_priors_say_what_the_other_variables_tell():
     assert (label_prior.argmax(1).numpy() == label).mean() == pytest.approx((tied == label).mean(), abs=0.01)
     assert (tied_prior.argmax(1).numpy() == tied).mean() > 0.9
     assert torch.allclose(free_prior, torch.full_like(free_prior, 0.5), atol=0.05)  # nothing tells it
+    # counted over group-balanced draws, where every (label, shortcut) cell is equally likely, the shortcut
+    # tells the label no more than chance
+    balanced = confounding_log_priors(codes, [3, 3, 2], group_balanced_weights(codes))[0].exp()
+    assert torch.allclose(balanced.sum(1), torch.ones(3000))
+    assert (balanced.argmax(1).numpy() == label).mean() == pytest.approx(1 / 3, abs=0.05)
 
 
 def _bars(label: np.ndarray, color: np.ndarray, tint: np.ndarray, rng: np.random.Generator) -> np.ndarray:

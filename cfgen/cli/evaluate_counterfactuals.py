@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> None:
             line += f", MSE to exact {_fmt(scores['mse_to_exact'], 4)}"
         if "stroke_iou" in scores:
             line += f", stroke IoU {_fmt(scores['stroke_iou'])}, width error {_fmt(scores['stroke_width_error'])} px"
+            line += f" (change {_fmt(scores['stroke_width_change'], signed=True)})"
         line += f", realism (Frechet) {_fmt(scores['realism_frechet'], 2)}"
         print(line)
     if metrics["soundness_images"]:
@@ -73,5 +74,5 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / METRICS_FILE}")
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    return "n/a" if value is None else f"{value:{'+' if signed else ''}.{digits}f}"

@@ -41,6 +41,10 @@ def group_balanced_weights(codes: np.ndarray) -> np.ndarray:
     return 1.0 / (len(counts) * counts[inverse])
 
 
-def pair_counts(groups: np.ndarray, values: np.ndarray, num_groups: int, num_values: int) -> np.ndarray:
-    """(num_groups, num_values) table of how often each (label group, attribute value) pair occurs."""
-    return np.bincount(groups * num_values + values, minlength=num_groups * num_values).reshape(num_groups, num_values)
+def pair_counts(
+    groups: np.ndarray, values: np.ndarray, num_groups: int, num_values: int, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """(num_groups, num_values) table of how often each (label group, attribute value) pair occurs, each row
+    counted with its weight when ``weights`` are given."""
+    pairs = np.bincount(groups * num_values + values, weights=weights, minlength=num_groups * num_values)
+    return pairs.reshape(num_groups, num_values)

@@ -16,7 +16,7 @@ from cfgen.io import atomic_output_dir
 from cfgen.judges.model import CONFIG_FILE, AttributeJudges
 
 # Bump when the judges' training changes: cached judges are retrained, and the version is in their record.
-JUDGES_VERSION = 3
+JUDGES_VERSION = 4
 # Degradations applied to half of each judge batch, so that judges read the soft predicted-clean
 # images of mid-range timesteps as well as sharp ones: a Gaussian blur of up to 1/16 of the image
 # side and Gaussian noise of up to 0.2 (images live in [-1, 1]).
@@ -24,19 +24,25 @@ BLUR_SIGMA_FRACTION = 1 / 16
 NOISE_STD = 0.2
 
 
-def confounding_log_priors(codes: np.ndarray, num_values: Sequence[int]) -> list[torch.Tensor]:
-    """For each variable j, every row's log p(v_j | the other variables) as far as the data's pair counts tell.
+def confounding_log_priors(
+    codes: np.ndarray, num_values: Sequence[int], weights: np.ndarray | None = None
+) -> list[torch.Tensor]:
+    """For each variable j, every row's log p(v_j | the other variables) as far as the pair counts tell.
 
     Naive Bayes over add-one smoothed counts, p(v_j) prod_k p(v_k | v_j), normalised over v_j: a
     (N, K_j) tensor per variable. It is what the confounding alone says about v_j, the expert a
-    judge head is trained in a product with (``train_judges``).
+    judge head is trained in a product with (``train_judges``). With ``weights`` the rows are
+    counted as the draws that weight them see them (scaled to N rows, so the smoothing weighs the same).
     """
+    if weights is not None:
+        weights = weights * (len(codes) / weights.sum())
     priors = []
     for j, count in enumerate(num_values):
-        log_prior = np.tile(np.log(np.bincount(codes[:, j], minlength=count) + 1.0), (len(codes), 1))  # (N, K_j)
+        marginal = np.bincount(codes[:, j], weights=weights, minlength=count) + 1.0
+        log_prior = np.tile(np.log(marginal), (len(codes), 1))  # (N, K_j)
         for k, other in enumerate(num_values):
             if k != j:
-                table = pair_counts(codes[:, j], codes[:, k], count, other) + 1.0
+                table = pair_counts(codes[:, j], codes[:, k], count, other, weights) + 1.0
                 log_prior += np.log(table / table.sum(1, keepdims=True))[:, codes[:, k]].T
         priors.append(torch.log_softmax(torch.from_numpy(log_prior).float(), dim=1))
     return priors
@@ -93,7 +99,9 @@ def train_judges(
     trained added to ``confounding_log_priors``, what the other variables already say about its
     variable, so that the shortcut earns a head nothing; the head is used alone. Balancing leaves
     a confounded variable predictive wherever cells are empty (at digit-colour association 0.99,
-    colour still gives the digit in 74% of balanced draws); the product takes the reward away.
+    colour still gives the digit in most balanced draws); the product takes the reward away. The
+    expert is counted over the balanced draws, the rows the heads are trained on: counted over the
+    raw rows it would claim the whole shortcut, and the heads would learn to undo its excess.
     Every image is shifted by a few pixels (``shift``) and half of each batch is blurred and noised
     (``degrade``); the learning rate decays to zero along a cosine.
     """
@@ -104,7 +112,7 @@ def train_judges(
     optimizer = torch.optim.AdamW(judges.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     targets = torch.from_numpy(codes).to(device)
-    priors = [prior.to(device) for prior in confounding_log_priors(codes, num_values)]
+    priors = [prior.to(device) for prior in confounding_log_priors(codes, num_values, weights)]
     sampling = torch.from_numpy(weights)
     judges.train()
     losses = []
@@ -125,7 +133,8 @@ def train_judges(
         "version": JUDGES_VERSION,
         "backbone": f"small-cnn, {judges.convolutions} convolutions per block",
         "sampling": "group-balanced (every non-empty cell of label and attribute values equally likely)",
-        "product_of_experts": "log p(variable | other variables), naive Bayes over add-one smoothed pair counts",
+        "product_of_experts": "log p(variable | other variables) in the group-balanced draws, naive Bayes over "
+        "add-one smoothed pair counts",
         "cells": len(cell_index(codes)[1]),
         "effective_sample_size": effective_sample_size(weights),
         "steps": steps,

@@ -44,6 +44,7 @@ class ColoredMNIST:
     shape_metrics: ClassVar[dict[str, str]] = {
         "stroke_iou": "stroke IoU",
         "stroke_width_error": "stroke width error (px)",
+        "stroke_width_change": "stroke width change (px)",
     }
     splits_note = "`test` draws every factor independently; `test_anti` never shows a digit in its training colour."
 

@@ -86,11 +86,13 @@ def stroke_width(masks: np.ndarray) -> np.ndarray:
 
 def stroke_fidelity(generated: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Per image: IoU of the stroke masks of ``generated`` and ``truth`` (uint8 RGB) and their stroke-width
-    difference in pixels."""
+    difference in pixels, unsigned (how far) and signed (whether edits thin or thicken the strokes, which
+    the unsigned mean hides)."""
     edit, exact = stroke_masks(generated), stroke_masks(truth)
     union = (edit | exact).sum((1, 2))
     iou = np.where(union > 0, (edit & exact).sum((1, 2)) / np.maximum(union, 1), 1.0)
-    return {"stroke_iou": iou, "stroke_width_error": np.abs(stroke_width(edit) - stroke_width(exact))}
+    change = stroke_width(edit) - stroke_width(exact)
+    return {"stroke_iou": iou, "stroke_width_error": np.abs(change), "stroke_width_change": change}
 
 
 def read_colours(images: np.ndarray, names: Sequence[str], batch_size: int = 512) -> dict[str, np.ndarray]:
