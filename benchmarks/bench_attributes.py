@@ -9,9 +9,10 @@ preset's grid; the generator then edits the first --test-images of the unconfoun
 are for every edit, beside those of the rare targets (pairs at most a fifth as frequent in training
 as independence would make them: for the colour the digit is tied to, nearly all).
 
-``--rim-steps F`` decodes with another share of steps in which a background-style edit (the
-``others`` mask) reaches into the rim round what it keeps (``cfgen.generator.pipeline.RIM_STEPS``;
-0: none, as before it existed), to measure what the rim steps buy at equal settings.
+``--rim-noise F`` decodes with another noise level (a share of the schedule's timesteps) below which a
+background-style edit (the ``others`` mask) reaches into the rim round what it keeps
+(``cfgen.generator.pipeline.RIM_NOISE``; 0: never, as before it existed), to measure what the rim
+steps buy at equal settings.
 
 ``--holds W`` lets the tuner try, at the best point of the grid, holding every variable the edit
 keeps (guidance of weight W toward its source value), as the standard preset's grid does.
@@ -22,10 +23,10 @@ and the stroke colour kept on >= 0.95; thickness edits effectiveness >= 0.90 wit
 
     python benchmarks/bench_attributes.py --run RUN --attributes bg_color --localize others --depths 1.0
         [--guidance 2,3] [--guidance-starts 0] [--sources 100] [--test-images 500] [--judge-cache DIR]
-        [--holds W] [--negatives dropped,source] [--rim-steps F] [--results R.json]
+        [--holds W] [--negatives dropped,source] [--rim-noise F] [--results R.json]
 
-Writes benchmarks/results/attributes.json (or --results); one entry per attribute (and rim share other than the
-default), replaced when measured again.
+Writes benchmarks/results/attributes.json (or --results); one entry per attribute (and rim noise level
+other than the default), replaced when measured again.
 """
 
 import argparse
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--judge-cache", default=str(default_judge_cache()))
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "cfgen-bench-attributes"))
     parser.add_argument(
-        "--rim-steps", type=float, default=cfgen.generator.pipeline.RIM_STEPS, help="an ablation: 0 for none"
+        "--rim-noise", type=float, default=cfgen.generator.pipeline.RIM_NOISE, help="an ablation: 0 for none"
     )
     parser.add_argument("--holds", default="", help="hold weights tried at the grid's best point (default: none)")
     parser.add_argument("--negatives", default=",".join(GUIDANCE_NEGATIVES), help="what guidance pushes away from")
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    default_rim = cfgen.generator.pipeline.RIM_STEPS
-    cfgen.generator.pipeline.RIM_STEPS = args.rim_steps
+    default_rim = cfgen.generator.pipeline.RIM_NOISE
+    cfgen.generator.pipeline.RIM_NOISE = args.rim_noise
     run, work = Path(args.run).resolve(), Path(args.work)
     data = run / "data"
     generator = work / "generator"  # the tuner saves its choice into the generator: never the run's own
@@ -111,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         edit_seconds = time.perf_counter() - started
         generate_counterfactuals(data, f"{attribute}=random", exact, generator=EXACT, overwrite=True, **plan)
         metrics = evaluate_counterfactuals(edits, data, exact=exact, soundness_images=0, **judging)
-        entry = attribute if args.rim_steps == default_rim else f"{attribute}|rim{args.rim_steps}"
+        entry = attribute if args.rim_noise == default_rim else f"{attribute}|rim-noise{args.rim_noise}"
         results["entries"][entry] = {
-            "rim_steps": args.rim_steps,
+            "rim_noise": args.rim_noise,
             "grid": grid,
             "chosen": chosen,
             "validation": [

@@ -43,7 +43,7 @@ from cfgen.datasets.colored_mnist.rendering import (
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import NEGATIVES, InferenceSettings, otsu_threshold, parse_guidance, settings_for
 from cfgen.generator.model import Generator
-from cfgen.generator.pipeline import RIM_STEPS, CounterfactualPipeline, InversionPath, store_inference
+from cfgen.generator.pipeline import RIM_NOISE, CounterfactualPipeline, InversionPath, store_inference
 from cfgen.generator.training import train_generator
 from cfgen.interventions import parse_intervention, plan_requests
 from cfgen.judges import load_or_train_judges
@@ -602,6 +602,12 @@ def background_edits(dataset: Path, generator: Path) -> tuple[CounterfactualPipe
     return pipeline, images, factual, target
 
 
+def rim_steps(pipeline: CounterfactualPipeline, settings: InferenceSettings) -> list[int]:
+    """The decoding steps from timesteps below ``RIM_NOISE`` of the schedule."""
+    last = RIM_NOISE * pipeline.scheduler.config.num_train_timesteps
+    return [step for step, t in enumerate(pipeline.decoding_timesteps(settings)) if t < last]
+
+
 def test_localized_edits_keep_the_source_outside_the_mask(dataset: Path, generator: Path) -> None:
     pipeline, images, factual, target = background_edits(dataset, generator)
     settings = InferenceSettings(steps=6, inversion_depth=1.0, guidance={"bg_color": 3.0}, localize=True)
@@ -614,7 +620,7 @@ def test_localized_edits_keep_the_source_outside_the_mask(dataset: Path, generat
         masks[kind] = mask = pipeline.edit_mask(path, factual, target, local)
         assert mask.shape == (6, 4, 1, 28, 28) and set(mask.unique().tolist()) <= {0.0, 1.0}
         assert ((mask.mean((2, 3, 4)) > 0) & (mask.mean((2, 3, 4)) < 1)).all()  # Otsu splits every map in two
-        held = 6 - round(RIM_STEPS * 6)  # the steps that decide shapes: one region throughout
+        held = 6 - len(rim_steps(pipeline, local))  # the steps that decide shapes: one region throughout
         assert held >= 1 and all(torch.equal(mask[step], mask[0]) for step in range(held))
         edited = pipeline.edit(path, factual, target, local)
         outside = mask[-1].expand_as(images) == 0
@@ -629,6 +635,13 @@ def test_localized_edits_keep_the_source_outside_the_mask(dataset: Path, generat
     rim = (others[-1] - others[0]).expand_as(images) == 1
     edited = pipeline.edit(path, factual, target, replace(settings, localize="others"))
     assert rim.any() and not torch.equal(edited[rim], images[rim])
+    # from the same noise level on whatever the depth: a shallower edit spends more of its steps there
+    for depth in (1.0, 0.5):
+        local = replace(settings, localize="others", inversion_depth=depth)
+        mask = pipeline.edit_mask(pipeline.inversion_path(images, factual, local), factual, target, local)
+        reaching = [step for step in range(6) if not torch.equal(mask[step], mask[0])]
+        assert reaching == rim_steps(pipeline, local)
+    assert len(rim_steps(pipeline, replace(settings, inversion_depth=0.5))) > len(rim_steps(pipeline, settings))
     with pytest.raises(CfgenError, match="--localize must be one of no, edit, others, not 'yes'"):
         InferenceSettings(localize="yes")
 

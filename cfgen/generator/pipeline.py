@@ -52,11 +52,12 @@ PIPELINE_INDEX = "model_index.json"
 # clipping of the predicted clean image: it bends the decoding path away from the inverted one (on a
 # briefly trained model it raised the reconstruction error of 20-step inversion from 0.002 to 0.065).
 DDIM_OPTIONS = {"timestep_spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True, "clip_sample": False}
-# The share of decoding steps (the last, least noisy ones) in which an edit outside the kept
+# The noise level (a share of the training schedule's timesteps) below which an edit outside the kept
 # variables' region (``localize="others"``) reaches a pixel into it, to repaint the rim of old values
-# round what is kept; more of the steps let it redraw the shapes too (docs/generator.md, "The rim
-# round what a background edit keeps").
-RIM_STEPS = 0.2
+# round what is kept; from noisier levels on it would redraw the shapes too. A level, not a share of
+# the steps: shapes are decided at a noise level whatever the depth an edit starts from
+# (docs/generator.md, "The rim round what a background edit keeps").
+RIM_NOISE = 0.2
 
 ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | torch.Tensor
 
@@ -245,8 +246,8 @@ class CounterfactualPipeline(DiffusionPipeline):
         ``others``: everywhere but what the variables the edit keeps have a say in (where forgetting one
         of them changes the prediction), that region split off likewise. Their say spreads a little
         round what they draw, so the region holds a band of the old values (a rim of the old background
-        round every stroke); it is kept whole while shapes are decided, and for the least noisy
-        ``RIM_STEPS`` of the steps the edit reaches a pixel into it.
+        round every stroke); it is kept whole while shapes are decided, and in the steps from timesteps
+        below ``RIM_NOISE`` of the schedule the edit reaches a pixel into it.
         """
         if settings.localize == "no":
             return None
@@ -275,8 +276,8 @@ class CounterfactualPipeline(DiffusionPipeline):
             return grown.expand(settings.steps, *grown.shape)
         edit = 1 - region
         into_rim = F.max_pool2d(edit, 3, stride=1, padding=1)
-        rim_from = settings.steps - round(RIM_STEPS * settings.steps)
-        return torch.stack([edit if step < rim_from else into_rim for step in range(settings.steps)])
+        rim_levels = self.decoding_timesteps(settings) < RIM_NOISE * self.scheduler.config.num_train_timesteps
+        return torch.stack([into_rim if at_rim_level else edit for at_rim_level in rim_levels])
 
     @torch.inference_mode()
     def decode(
