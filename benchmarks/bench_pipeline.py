@@ -6,8 +6,9 @@ memory and the run's headline figures.
 
     python benchmarks/bench_pipeline.py [--preset quick] [--seed 0] [--results R.json] [--keep DIR]
 
-``--keep DIR`` runs in a new folder DIR and keeps it (the run in DIR/run, its judges in DIR/cache),
-so that a stage can be rerun on the same generator and data.
+``--keep DIR`` runs in a new folder DIR and keeps it (the run in DIR/run, its judges in
+DIR/cache/cfgen/judges, the ``--judge-cache`` of a later benchmark), so that a stage can be rerun on
+the same generator and data.
 """
 
 import argparse
