@@ -14,6 +14,10 @@ background-style edit (the ``others`` mask) reaches into the rim round what it k
 (``cfgen.generator.pipeline.RIM_NOISE``; 0: never, as before it existed), to measure what the rim
 steps buy at equal settings.
 
+``--directions joint,untied`` lets the tuner choose what guidance directions are conditioned on
+(``InferenceSettings.direction``); a generator saved before generators held their ties (the variables
+tied in their training rows) is given those of the run's training split first.
+
 ``--holds W`` lets the tuner try, at the best point of the grid, holding every variable the edit
 keeps (guidance of weight W toward its source value), as the standard preset's grid does.
 
@@ -23,7 +27,7 @@ and the stroke colour kept on >= 0.95; thickness edits effectiveness >= 0.90 wit
 
     python benchmarks/bench_attributes.py --run RUN --attributes bg_color --localize others --depths 1.0
         [--guidance 2,3] [--guidance-starts 0] [--sources 100] [--test-images 500] [--judge-cache DIR]
-        [--holds W] [--negatives dropped,source] [--rim-noise F] [--results R.json]
+        [--holds W] [--negatives dropped,source] [--directions joint,untied] [--rim-noise F] [--results R.json]
 
 Writes benchmarks/results/attributes.json (or --results); one entry per attribute (and rim noise level
 other than the default), replaced when measured again.
@@ -44,7 +48,10 @@ from common import load_results, machine
 import cfgen.generator.pipeline
 from cfgen.counterfactuals import evaluate_counterfactuals
 from cfgen.counterfactuals.generation import EXACT, generate_counterfactuals
-from cfgen.counterfactuals.tuning import GUIDANCE_NEGATIVES, SETTING_KEYS, tune_inference
+from cfgen.counterfactuals.tuning import GUIDANCE_DIRECTIONS, GUIDANCE_NEGATIVES, SETTING_KEYS, tune_inference
+from cfgen.data.adapters import open_dataset
+from cfgen.generator.model import CONFIG_FILE, Generator, variable_ties
+from cfgen.generator.pipeline import save_generator
 from cfgen.io import write_json
 from cfgen.judges import DEFAULT_JUDGE_STEPS, default_judge_cache
 
@@ -72,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--holds", default="", help="hold weights tried at the grid's best point (default: none)")
     parser.add_argument("--negatives", default=",".join(GUIDANCE_NEGATIVES), help="what guidance pushes away from")
+    parser.add_argument("--directions", default=",".join(GUIDANCE_DIRECTIONS), help="joint, untied or both")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -83,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = work / "generator"  # the tuner saves its choice into the generator: never the run's own
     shutil.rmtree(generator, ignore_errors=True)
     shutil.copytree(run / "generator", generator)
+    record_ties(generator, data)
     grid = {
         "localize": tuple(args.localize.split(",")),
         "inversions": tuple(args.inversions.split(",")),
@@ -91,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         "guidance_starts": tuple(numbers(args.guidance_starts)),
         "holds": tuple(numbers(args.holds)),
         "negatives": tuple(args.negatives.split(",")),
+        "directions": tuple(args.directions.split(",")),
     }
     settings = {"run": str(run), "steps": args.steps, "sources": args.sources, "test_images": args.test_images}
     results_file = Path(args.results)
@@ -137,6 +147,17 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     print(f"wrote {results_file}")
+
+
+def record_ties(folder: Path, data: Path) -> None:
+    """Give a generator saved before generators held their ties those of its training rows."""
+    model = Generator.load(folder)
+    if json.loads((folder / CONFIG_FILE).read_text()).get("ties") is not None:
+        return
+    table = open_dataset(data).split(model.training["data"]["split"])
+    model.ties = variable_ties(model.schema, model.schema.encode(table.columns))
+    save_generator(model, folder)
+    print(f"recorded the ties of its training rows: {model.ties}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.table import SPLIT_COLUMN
 from cfgen.datasets import DEFAULT, BuiltinDataset, builtin_of
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import INVERSIONS, LOCALIZE, NEGATIVES, SAVED_BEFORE, saved_localize
+from cfgen.generator.inference import DIRECTIONS, INVERSIONS, LOCALIZE, NEGATIVES, SAVED_BEFORE, saved_localize
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.io import RUN_FILE, check_output_dir, output_dir_in_place, write_json, write_run_record
@@ -47,7 +47,7 @@ from cfgen.runtime import resolve_mixed_precision
 # generator_steps (None: the generator preset's), sources (training images edited) and ddim_steps
 # (each way) are the time budget's levers: on the quick model 10 DDIM steps edit as well as 20 at
 # half the time (docs/generator.md). tune: the validation images and the grid (depths, guidance,
-# guidance starts, masks, inversions, negatives) that choose each edited attribute's inference
+# guidance starts, masks, inversions, negatives, directions) that choose each edited attribute's inference
 # settings (cfgen tune-inference); quick and standard invert to 0.6 of the noise range alone (a model
 # predicting the velocity edits a background from there too, and deeper inversions lost digits),
 # every preset but full tries the edit-friendly inversion alone (it measured better on every
@@ -79,6 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
             "negatives": NEGATIVES,
+            "directions": DIRECTIONS,
         },
         "soundness_images": 4,
     },
@@ -101,6 +102,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
             "negatives": ("source",),
+            "directions": ("joint",),
         },
         "soundness_images": 32,
     },
@@ -123,6 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "localize": LOCALIZE,
             "inversions": ("ddpm",),
             "negatives": ("dropped",),
+            "directions": ("joint",),
         },
         "soundness_images": 64,
     },
@@ -145,6 +148,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "localize": LOCALIZE,
             "inversions": INVERSIONS,
             "negatives": ("dropped",),
+            "directions": ("joint",),
         },
         "soundness_images": 256,
     },
@@ -160,6 +164,8 @@ LOCALIZED = {
 }
 # How the report names each --negative choice.
 AWAY_FROM = {"dropped": "away from the attribute dropped", "source": "away from the source value"}
+# How the report names each --direction choice.
+GIVEN = {"joint": "", "untied": " given what is not tied to it"}
 DEFAULT_METHODS = ("erm", "cf-reg")
 
 
@@ -437,7 +443,7 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
         chosen.append(
             f"{name}: {LOCALIZED[saved_localize(s['localize'])]}, {s['inversion'].upper()} inversion "
             f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s['guidance_start'])}, "
-            f"{AWAY_FROM[s['negative']]}{_held(s['hold'])}, {s['steps']} steps"
+            f"{AWAY_FROM[s['negative']]}{GIVEN[s['direction']]}{_held(s['hold'])}, {s['steps']} steps"
         )
     return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {'; '.join(chosen)}.", ""]
 

@@ -72,6 +72,7 @@ def test_the_folder_opens_as_a_diffusers_pipeline(generator: Path) -> None:
         and "tiny UNet predicting the velocity, 4 steps" in card
     )
     assert "(chosen: none yet)" in card  # not tuned
+    assert "guides each without the other): none." in card  # every y with every colour and shape
 
 
 def test_call_makes_the_edits_cfgen_generate_makes(generator: Path, tmp_path: Path) -> None:

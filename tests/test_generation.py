@@ -41,7 +41,14 @@ from cfgen.datasets.colored_mnist.rendering import (
     render_counterfactual,
 )
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import NEGATIVES, InferenceSettings, otsu_threshold, parse_guidance, settings_for
+from cfgen.generator.inference import (
+    DIRECTIONS,
+    NEGATIVES,
+    InferenceSettings,
+    otsu_threshold,
+    parse_guidance,
+    settings_for,
+)
 from cfgen.generator.model import Generator
 from cfgen.generator.pipeline import RIM_NOISE, CounterfactualPipeline, InversionPath, store_inference
 from cfgen.generator.training import train_generator
@@ -448,7 +455,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     shutil.copytree(generator, tuned)
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
     grid = ["--depths", "0.4,1.0", "--guidance", "6", "--guidance-starts", "0,0.5", "--localize", "no,others",
-            "--inversions", "ddim,ddpm", "--negatives", "dropped,source", "--holds", "2", "--ddim-steps", "4",
+            "--inversions", "ddim,ddpm", "--negatives", "dropped,source", "--directions", "joint,untied",
+            "--holds", "2", "--ddim-steps", "4",
             "--sources", "3", *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
@@ -458,9 +466,9 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
     assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 3
     for name, scores in inference["selection"]["grid"].items():
-        assert len(scores) == 33
+        assert len(scores) == 65
         # the grid without holding, then the hold tried at its best point
-        grid_points, held = scores[:32], scores[32]
+        grid_points, held = scores[:64], scores[64]
         assert all(s["hold"] == 0 for s in grid_points)
         first = choose_setting(grid_points, 3)
         assert held == {**held, **{key: first[key] for key in SETTING_KEYS}, "hold": 2.0}
@@ -470,9 +478,9 @@ def test_settings_chosen_on_validation_are_saved_and_used(
         # an edit the judges read as its target reads so at least at its own end of the way
         assert all((s["reach"] > 0) == (s["effectiveness"] > 0) for s in scores)
         assert all(s["graded_success"] >= s["success"] / len(REACH_FRACTIONS) - 1e-9 for s in scores)
-        assert {(s["inversion"], s["localize"], s["guidance_start"], s["negative"]) for s in scores} == set(
-            product(("ddim", "ddpm"), ("no", "others"), (0.0, 0.5), NEGATIVES)
-        )
+        assert {
+            (s["inversion"], s["localize"], s["guidance_start"], s["negative"], s["direction"]) for s in scores
+        } == set(product(("ddim", "ddpm"), ("no", "others"), (0.0, 0.5), NEGATIVES, DIRECTIONS))
         assert all(0 < s["change"] < 1 for s in scores)  # mean absolute pixel change, images in [0, 1]
         expected = {"steps": 4, **{key: best[key] for key in SETTING_KEYS}}
         assert inference["attributes"][name] == expected
@@ -496,6 +504,10 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     other = next(negative for negative in NEGATIVES if negative != chosen["negative"])
     assert cli(*edit, "--negative", other, "--out", str(tmp_path / "cf4")) == 0
     assert json.loads((tmp_path / "cf4" / "run.json").read_text())["config"]["negative"] == other
+    assert used["direction"] == chosen["direction"]
+    other = next(direction for direction in DIRECTIONS if direction != chosen["direction"])
+    assert cli(*edit, "--direction", other, "--out", str(tmp_path / "cf5")) == 0
+    assert json.loads((tmp_path / "cf5" / "run.json").read_text())["config"]["direction"] == other
 
     # a joint edit inverts as deep as its deepest attribute needs, each attribute with its own guidance
     joint = settings_for(Generator.load(tuned), ("fg_color", "thickness"))
@@ -508,6 +520,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert joint.inversion == ("ddpm" if "ddpm" in (chosen["inversion"], thickness["inversion"]) else "ddim")
     assert joint.guidance_start == min(chosen["guidance_start"], thickness["guidance_start"])
     assert joint.negative == ("source" if "source" in (chosen["negative"], thickness["negative"]) else "dropped")
+    assert joint.direction == ("untied" if "untied" in (chosen["direction"], thickness["direction"]) else "joint")
     capsys.readouterr()
 
     # never on the test split; only attributes the generator edits; a folder without validation rows
@@ -523,6 +536,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert "hold weights must be positive numbers, not 0.0" in capsys.readouterr().err
     assert cli("tune-inference", *common, "--negatives", "target") == 2
     assert "unknown negative 'target'; choose from dropped, source" in capsys.readouterr().err
+    assert cli("tune-inference", *common, "--directions", "apart") == 2
+    assert "unknown direction 'apart'; choose from joint, untied" in capsys.readouterr().err
 
 
 def test_a_saved_hold_guides_every_variable_the_edit_keeps(
@@ -653,9 +668,9 @@ def test_guidance_starts_where_asked(dataset: Path, generator: Path, monkeypatch
     weights, guided_prediction = [], Generator.guided_prediction
 
     def recording(self: Generator, sample: torch.Tensor, t: torch.Tensor, conditions: torch.Tensor, guidance: dict,
-                  negative: torch.Tensor | None = None):  # fmt: skip
+                  negative: torch.Tensor | None = None, untie: dict | None = None):  # fmt: skip
         weights.append(dict(guidance))
-        return guided_prediction(self, sample, t, conditions, guidance, negative)
+        return guided_prediction(self, sample, t, conditions, guidance, negative, untie)
 
     monkeypatch.setattr(Generator, "guided_prediction", recording)
     late = pipeline.decode(path, target, settings)
@@ -707,6 +722,63 @@ def test_guidance_pushes_away_from_the_source_value_where_the_edit_changes_it(da
         pipeline.decode(replace(path, factual=None), target, settings)
     with pytest.raises(CfgenError, match="--negative must be one of dropped, source, not 'target'"):
         InferenceSettings(negative="target")
+
+
+def test_untied_directions_leave_out_what_the_training_data_tie_to_the_attribute(
+    dataset: Path, generator: Path, tmp_path: Path
+) -> None:
+    """Training records the ties (the fixture's digits and stroke colours at 0.9); an untied direction is
+    predicted without them, for either negative; an attribute tied to nothing is edited as before."""
+    pipeline, images, factual, target = background_edits(dataset, generator)
+    model = pipeline.model
+    assert model.ties == {"digit": ["fg_color"], "fg_color": ["digit"], "bg_color": [], "thickness": []}
+    assert "guides each without the other): digit and fg_color." in (generator / "README.md").read_text()
+    colour, digit = (model.schema.names.index(name) for name in ("fg_color", "digit"))
+    target[:, colour] = (factual[:, colour] + 1) % 4
+    t = pipeline.scheduler.timesteps[2]
+    noisy = pipeline.scheduler.add_noise(images, torch.randn_like(images), t)
+    untie = {"fg_color": ["digit"]}
+    with torch.inference_mode():
+        full = model.predict(noisy, t, target)
+        without_digit = torch.ones_like(target, dtype=torch.bool)
+        without_digit[:, digit] = False
+        toward = model.predict(noisy, t, target, without_digit)
+        without_both = without_digit.clone()
+        without_both[:, colour] = False
+        at_source = target.clone()
+        at_source[:, colour] = factual[:, colour]
+        expected = {
+            "dropped": full + 2.0 * (toward - model.predict(noisy, t, target, without_both)),
+            "source": full + 2.0 * (toward - model.predict(noisy, t, at_source, without_digit)),
+        }
+    for negative, wanted in expected.items():
+        untied = model.guided_prediction(
+            noisy, t, target, {"fg_color": 2.0}, factual if negative == "source" else None, untie
+        )
+        torch.testing.assert_close(untied, wanted, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(expected["dropped"], model.guided_prediction(noisy, t, target, {"fg_color": 2.0}))
+
+    settings = InferenceSettings(4, 1.0, {"fg_color": 3.0}, inversion="ddpm")
+    path = pipeline.inversion_path(images, factual, settings)
+    edits = {way: pipeline.decode(path, target, replace(settings, direction=way)) for way in DIRECTIONS}
+    assert not torch.equal(edits["untied"], edits["joint"])
+    background = {"guidance": {"bg_color": 3.0}}  # the background edit background_edits made, alone
+    target[:, colour] = factual[:, colour]
+    assert torch.equal(
+        pipeline.decode(path, target, replace(settings, **background)),
+        pipeline.decode(path, target, replace(settings, **background, direction="untied")),
+    )
+    with pytest.raises(CfgenError, match="--direction must be one of joint, untied, not 'apart'"):
+        InferenceSettings(direction="apart")
+
+    folder = tmp_path / "gen"
+    shutil.copytree(generator, folder)
+    old = {"steps": 4, "inversion_depth": 0.6, "guidance": 3.0, "localize": "edit", "negative": "dropped"}
+    store_inference(folder, {"attributes": {"fg_color": old, "bg_color": {**old, "direction": "untied"}}})
+    model = Generator.load(folder)
+    assert settings_for(model, ("fg_color",)).direction == "joint"  # saved before the direction was a choice
+    assert settings_for(model, ("fg_color", "bg_color")).direction == "untied"  # a joint edit: untied where any is
+    assert settings_for(model, ("bg_color",), direction="joint").direction == "joint"  # what is given wins
 
 
 def test_settings_that_differ_in_decoding_share_one_abduction(dataset: Path, generator: Path) -> None:

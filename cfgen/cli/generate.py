@@ -9,6 +9,7 @@ from cfgen.generator.inference import (
     DEFAULT_INVERSION_DEPTH,
     DEFAULT_NEGATIVE,
     DEFAULT_STEPS,
+    DIRECTIONS,
     INVERSIONS,
     LOCALIZE,
     NEGATIVES,
@@ -78,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"generator's per attribute, chosen by tune-inference, else {DEFAULT_NEGATIVE})",
     )
     inference.add_argument(
+        "--direction",
+        choices=DIRECTIONS,
+        help="what guidance directions are conditioned on: every other variable (joint), or the variables not "
+        "tied to the edited attribute in the training data (untied: never a rare pair of tied values) (default: "
+        f"the generator's per attribute, chosen by tune-inference, else {DIRECTIONS[0]})",
+    )
+    inference.add_argument(
         "--mixed-precision",
         choices=MIXED_PRECISION_CHOICES,
         default="auto",
@@ -103,6 +111,7 @@ def run(args: argparse.Namespace) -> None:
         inversion=args.inversion,
         guidance_start=args.guidance_start,
         negative=args.negative,
+        direction=args.direction,
         mixed_precision=args.mixed_precision,
         resize=args.resize,
         data_format=args.format,

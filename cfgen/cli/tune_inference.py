@@ -8,12 +8,13 @@ from cfgen.counterfactuals.tuning import (
     DEFAULT_SOURCES,
     DEPTHS,
     GUIDANCE,
+    GUIDANCE_DIRECTIONS,
     GUIDANCE_NEGATIVES,
     GUIDANCE_STARTS,
     HOLDS,
     tune_inference,
 )
-from cfgen.generator.inference import DEFAULT_STEPS, INVERSIONS, LOCALIZE, NEGATIVES, SAVED_BEFORE
+from cfgen.generator.inference import DEFAULT_STEPS, DIRECTIONS, INVERSIONS, LOCALIZE, NEGATIVES, SAVED_BEFORE
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.judges import (
     DEFAULT_JUDGE_BATCH_SIZE,
@@ -79,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"--negative; default: {', '.join(GUIDANCE_NEGATIVES)})",
     )
     parser.add_argument(
+        "--directions",
+        type=_names,
+        default=GUIDANCE_DIRECTIONS,
+        help=f"guidance directions to try, comma-separated: {', '.join(DIRECTIONS)} (see generate --direction; "
+        f"default: {', '.join(GUIDANCE_DIRECTIONS)})",
+    )
+    parser.add_argument(
         "--ddim-steps", dest="steps", type=int, default=DEFAULT_STEPS, help="DDIM steps each way (default %(default)s)"
     )
     add_renamed(parser, "--steps", "--ddim-steps", dest="steps", type=int)
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
     inference = tune_inference(
         args.generator, args.data, args.split, args.attributes, args.depths, args.guidance,
         args.localize, args.steps, args.inversions, args.guidance_starts, args.holds, args.negatives,
-        args.sources, args.judge_steps, args.judge_batch_size, args.judge_images, args.judge_cache,
+        args.directions, args.sources, args.judge_steps, args.judge_batch_size, args.judge_images, args.judge_cache,
         args.mixed_precision, args.seed, progress=True, data_format=args.format,
         resize=args.resize,
     )  # fmt: skip
@@ -105,6 +113,6 @@ def run(args: argparse.Namespace) -> None:
         settings = SAVED_BEFORE | saved  # attributes tuned before (kept in the record) may predate some choices
         print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, "
               f"guidance {settings['guidance']} from {settings['guidance_start']} (negative "
-              f"{settings['negative']}), holding the rest at "
+              f"{settings['negative']}, direction {settings['direction']}), holding the rest at "
               f"{settings['hold']}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

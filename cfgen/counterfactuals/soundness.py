@@ -98,7 +98,7 @@ def generator_edit(counterfactual_folder: str | Path, batch_size: int = 64) -> E
     config = SAVED_BEFORE | config  # folders made before some settings were choices
     settings = InferenceSettings(
         config["steps"], config["inversion_depth"], config["guidance"], config["localize"],
-        config["inversion"], config["guidance_start"], config["negative"],
+        config["inversion"], config["guidance_start"], config["negative"], config["direction"],
     )  # fmt: skip
 
     def edit(images: np.ndarray, values: Sequence[dict[str, str]], targets: Sequence[dict[str, str]]) -> np.ndarray:

@@ -3,7 +3,7 @@ with the generator as the defaults of ``cfgen generate`` and the pipeline.
 
 Guidance and inversion depth trade the edit against what it must keep: more of either reaches the
 target more often and keeps the rest less often, and what suits a thin stroke does not suit a
-background. For every attribute, and every (depth, guidance, guidance start, negative) of a grid,
+background. For every attribute, and every (depth, guidance, guidance start, negative, direction) of a grid,
 the generator edits validation images to a random other value of it (points that differ only in
 how they decode share one inversion and mask); the judges of
 ``evaluate-counterfactuals`` read the edits, and the setting with the most successes wins (the
@@ -17,7 +17,9 @@ stay too. The grid also holds localized edits (``InferenceSettings.localize``: t
 outside the model's own mask of what the edit changes, or of what the kept variables have no say
 in), both inversions (DDIM's and the edit-friendly one) and, where asked, guidance away from
 the source value rather than from the attribute dropped (``InferenceSettings.negative``; reach
-rewards its overshoot on a well-trained model, so the default grid leaves it out), so each
+rewards its overshoot on a well-trained model, so the default grid leaves it out) and, where asked,
+guidance directions untied from what the training data tie to the attribute
+(``InferenceSettings.direction``), so each
 attribute gets the procedure that works for it. At the best point of that grid the tuner then
 tries *holding* what the edit keeps (``holds``: guidance of that weight toward its source value
 on every other variable, which stops a thickness edit dragging a rare stroke colour toward the
@@ -38,6 +40,7 @@ from cfgen.data.table import SPLIT_COLUMN
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import (
     DEFAULT_STEPS,
+    DIRECTIONS,
     INVERSIONS,
     LOCALIZE,
     NEGATIVES,
@@ -67,8 +70,9 @@ HOLDS = ()  # hold weights tried at the grid's best point (none: the edit alone 
 # target (a briefly trained model) and overshoots where they do not, and reach rewards the overshoot,
 # so it is tried only where asked (docs/generator.md).
 GUIDANCE_NEGATIVES = ("dropped",)
+GUIDANCE_DIRECTIONS = ("joint",)
 SETTING_KEYS = (  # what a point sets
-    "inversion_depth", "guidance", "localize", "inversion", "guidance_start", "negative", "hold",
+    "inversion_depth", "guidance", "localize", "inversion", "guidance_start", "negative", "direction", "hold",
 )  # fmt: skip
 REACH_FRACTIONS = np.linspace(0.05, 1.0, 20)  # the points on the way from a source to its edit that reach reads
 CRITERION = (
@@ -112,6 +116,7 @@ def tune_inference(
     guidance_starts: tuple[float, ...] = GUIDANCE_STARTS,
     holds: tuple[float, ...] = HOLDS,
     negatives: tuple[str, ...] = GUIDANCE_NEGATIVES,
+    directions: tuple[str, ...] = GUIDANCE_DIRECTIONS,
     sources: int = DEFAULT_SOURCES,
     judge_steps: int = DEFAULT_JUDGE_STEPS,
     judge_batch_size: int = DEFAULT_JUDGE_BATCH_SIZE,
@@ -147,10 +152,10 @@ def tune_inference(
     unknown = [name for name in attributes if name not in editable]
     if unknown:
         raise CfgenError(f"cannot tune edits of {unknown[0]!r}; attributes the generator edits: {', '.join(editable)}")
-    if not depths or not guidance or not localize or not inversions or not guidance_starts or not negatives:
+    if not all((depths, guidance, localize, inversions, guidance_starts, negatives, directions)):
         raise CfgenError(
-            "give at least one inversion depth, guidance weight, guidance start, localize choice, inversion and "
-            "negative to choose from"
+            "give at least one inversion depth, guidance weight, guidance start, localize choice, inversion, "
+            "negative and direction to choose from"
         )
     bad = [hold for hold in holds if not (hold > 0 and np.isfinite(hold))]
     if bad:
@@ -159,6 +164,7 @@ def tune_inference(
         (inversions, INVERSIONS, "inversion"),
         (localize, LOCALIZE, "localize choice"),
         (negatives, NEGATIVES, "negative"),
+        (directions, DIRECTIONS, "direction"),
     ):
         unknown = [name for name in given if name not in valid]
         if unknown:
@@ -185,6 +191,7 @@ def tune_inference(
                 point["inversion"],
                 point["guidance_start"],
                 point["negative"],
+                point["direction"],
             )
             for point in points
         ]
@@ -218,8 +225,8 @@ def tune_inference(
 
     abductions = [  # each with the points decoded from it; held at none: a hold is tried at the best point
         [
-            dict(zip(SETTING_KEYS, (depth, weight, local, inversion, start, negative, 0.0), strict=True))
-            for weight, start, negative in product(guidance, guidance_starts, negatives)
+            dict(zip(SETTING_KEYS, (depth, weight, local, inversion, start, negative, direction, 0.0), strict=True))
+            for weight, start, negative, direction in product(guidance, guidance_starts, negatives, directions)
         ]
         for inversion, local, depth in product(inversions, localize, depths)
     ]

@@ -33,9 +33,16 @@ LOCALIZE = ("no", "edit", "others")
 # hold, a null edit) there is no source direction, and it is dropped.
 NEGATIVES = ("dropped", "source")
 DEFAULT_NEGATIVE = "dropped"
+# What each guided attribute's direction (its two predictions) is conditioned on: every other variable
+# (joint), or those not tied to it in the training data (untied: ``Generator.ties``). A tied pair's rare
+# combinations are what the model saw least, and the edits of a confounded attribute are those
+# combinations; its direction with its ties dropped is learned from every image. (docs/generator.md)
+DIRECTIONS = ("joint", "untied")
 # What settings saved before a choice existed used (chosen settings, generation records), so that
 # generators and counterfactual folders made then are read as they were made.
-SAVED_BEFORE = {"inversion": "ddim", "guidance_start": 0.0, "negative": DEFAULT_NEGATIVE, "hold": 0.0}
+SAVED_BEFORE = {
+    "inversion": "ddim", "guidance_start": 0.0, "negative": DEFAULT_NEGATIVE, "direction": "joint", "hold": 0.0,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class InferenceSettings:
     # start keeps more of it (docs/generator.md).
     guidance_start: float = 0.0
     negative: str = DEFAULT_NEGATIVE  # one of NEGATIVES
+    direction: str = DIRECTIONS[0]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "localize", saved_localize(self.localize))
@@ -67,6 +75,8 @@ class InferenceSettings:
             raise CfgenError(f"--inversion must be one of {', '.join(INVERSIONS)}, not {self.inversion!r}")
         if self.negative not in NEGATIVES:
             raise CfgenError(f"--negative must be one of {', '.join(NEGATIVES)}, not {self.negative!r}")
+        if self.direction not in DIRECTIONS:
+            raise CfgenError(f"--direction must be one of {', '.join(DIRECTIONS)}, not {self.direction!r}")
         if not 0 <= self.guidance_start < 1:
             raise CfgenError(
                 f"--guidance-start must be in [0, 1) (a fraction of the decoding steps), not {self.guidance_start!r}"
@@ -84,6 +94,7 @@ class InferenceSettings:
             "inversion": self.inversion,
             "guidance_start": self.guidance_start,
             "negative": self.negative,
+            "direction": self.direction,
         }
 
     def guidance_at(self, step: int) -> dict[str, float]:
@@ -129,6 +140,7 @@ def settings_for(
     inversion: str | None = None,
     guidance_start: float | None = None,
     negative: str | None = None,
+    direction: str | None = None,
 ) -> InferenceSettings:
     """The settings of an edit of ``intervened``: what is given, else what was chosen for those
     attributes on validation data and saved with the generator, else the defaults.
@@ -139,7 +151,9 @@ def settings_for(
     kinds: `others`); the variables none of them edits are held with the strongest hold saved for
     them (guidance toward their source values), unless ``guidance`` is given, and guided away from
     their source values when any of them is. Settings saved before the inversion was a choice were
-    chosen with DDIM's, those saved before the negative was with the attribute dropped.
+    chosen with DDIM's, those saved before the negative was with the attribute dropped, and those saved
+    before the direction was with every other variable; a joint edit's directions are untied when any
+    of its attributes' are.
     """
     chosen = generator.inference.get("attributes", {})
     tuned = [SAVED_BEFORE | chosen[name] for name in intervened if name in chosen]
@@ -168,6 +182,9 @@ def settings_for(
         else "source"
         if any(t["negative"] == "source" for t in tuned)
         else DEFAULT_NEGATIVE,
+        direction=direction
+        if direction is not None
+        else max((t["direction"] for t in tuned), default=DIRECTIONS[0], key=DIRECTIONS.index),
     )
 
 

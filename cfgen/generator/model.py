@@ -12,13 +12,16 @@ Saved (``save_generator`` in pipeline.py) as a folder that diffusers opens whole
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from cfgen.confounding.statistics import bergsma_v, chi2_batch, contingency
 from cfgen.data.images import ImageFormat
 from cfgen.data.schema import Schema
 from cfgen.data.table import MetadataTable
@@ -100,6 +103,9 @@ class Generator:
     # per continuous variable, [centre, scale] of its training values: the encoder sees (value - centre) / scale,
     # numbers near 1 whatever the column's units (folders saved before this had none: values as they are)
     standardization: dict[str, list[float]] = field(default_factory=dict)
+    # per discrete variable, the others tied to it in the training rows (``variable_ties``): what a guidance
+    # direction given what is untied leaves out (folders saved before this had none: nothing tied)
+    ties: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -110,7 +116,8 @@ class Generator:
         table: MetadataTable | None = None,
         prediction_type: str = "epsilon",
     ) -> "Generator":
-        """A new generator; ``table`` (the training rows) sets how continuous variables are standardised."""
+        """A new generator; ``table`` (the training rows) sets how continuous variables are standardised
+        and which variables are tied."""
         unet = build_unet(image_format, architecture)
         encoder = AttributeEncoder.for_schema(schema, unet.config.block_out_channels[0] * 4)
         scheduler = DDPMScheduler(
@@ -125,7 +132,10 @@ class Generator:
                     float(largest * np.mean(values / largest)),
                     float(largest * np.std(values / largest)) or 1.0,
                 ]
-        return cls(unet, encoder, scheduler, schema, image_format, {"architecture": architecture}, {}, standardization)
+        ties = variable_ties(schema, schema.encode(table.columns)) if table is not None else {}
+        return cls(
+            unet, encoder, scheduler, schema, image_format, {"architecture": architecture}, {}, standardization, ties
+        )
 
     def modules(self) -> torch.nn.ModuleDict:
         """The trainable parts as one module, for optimizers, EMA and accelerate."""
@@ -153,35 +163,48 @@ class Generator:
         conditions: torch.Tensor,
         guidance: dict[str, float],
         negative: torch.Tensor | None = None,
+        untie: dict[str, Sequence[str]] | None = None,
     ) -> torch.Tensor:
         """Per-attribute classifier-free guidance in one batched forward pass.
 
-        p = p(all) + sum_a w_a * (p(all) - p(negative of a)), p the prediction: each guided attribute is pushed
-        toward its requested value given every other variable, away from the prediction with a dropped,
-        or, where ``negative`` (B, V) rows hold another value of a, with a at that value.
+        p = p(all) + sum_a w_a * (p(all but U_a) - p(negative of a, all but U_a)), p the prediction: each
+        guided attribute is pushed toward its requested value, away from the prediction with a dropped,
+        or, where ``negative`` (B, V) rows hold another value of a, with a at that value; both given every
+        variable but those ``untie`` names for a (U_a; none by default).
         """
         names = [name for name, weight in guidance.items() if weight]
         if not names:
             return self.predict(sample, timesteps, conditions)
-        batch, variables = conditions.shape
-        repeat = len(names) + 1
-        keep = torch.ones(repeat, batch, variables, dtype=torch.bool, device=conditions.device)
-        rows = conditions.repeat(repeat, 1, 1)
-        for j, name in enumerate(names, start=1):
+        everything = torch.ones_like(conditions, dtype=torch.bool)
+        passes = [(conditions, everything)]  # (condition rows, what they keep) of each prediction
+        directions = []  # per guided attribute: the passes of its two predictions
+        for name in names:
             column = self.schema.names.index(name)
+            given = everything.clone()
+            for other in (untie or {}).get(name, ()):
+                given[:, self.schema.names.index(other)] = False
+            toward = 0 if given.all() else len(passes)
+            if toward:
+                passes.append((conditions, given))
+            rows, keep = conditions.clone(), given.clone()
             if negative is not None:
-                keep[j, :, column] = negative[:, column] != conditions[:, column]
-                rows[j, :, column] = negative[:, column]
+                keep[:, column] &= negative[:, column] != conditions[:, column]
+                rows[:, column] = negative[:, column]
             else:
-                keep[j, :, column] = False
+                keep[:, column] = False
+            directions.append((toward, len(passes)))
+            passes.append((rows, keep))
+        repeat = len(passes)
         predicted = self.predict(
             sample.repeat(repeat, 1, 1, 1),
             timesteps.repeat(repeat) if timesteps.ndim else timesteps,
-            rows.reshape(repeat * batch, variables),
-            keep.reshape(repeat * batch, variables),
+            torch.cat([rows for rows, _ in passes]),
+            torch.cat([keep for _, keep in passes]),
         ).reshape(repeat, *sample.shape)
-        full = predicted[0]
-        return full + sum(guidance[name] * (full - predicted[j]) for j, name in enumerate(names, start=1))
+        return predicted[0] + sum(
+            guidance[name] * (predicted[toward] - predicted[away])
+            for name, (toward, away) in zip(names, directions, strict=True)
+        )
 
     def conditions(self, table: MetadataTable) -> torch.Tensor:
         """(N, V) float tensor of codes and values for the rows of a table, checked against the schema."""
@@ -220,6 +243,7 @@ class Generator:
             "training": self.training,
             "inference": self.inference,
             "standardization": self.standardization,
+            "ties": self.ties,
         }
 
     def save_record(self, folder: str | Path) -> None:
@@ -243,4 +267,24 @@ class Generator:
             config["training"],
             config.get("inference", {}),
             config.get("standardization", {}),
+            config.get("ties", {}),
         )
+
+
+# Two discrete variables are tied in the training rows from this association on (bias-corrected
+# Cramér's V; 0.3 is strong by the usual reading).
+TIED_ASSOCIATION = 0.3
+
+
+def variable_ties(schema: Schema, codes: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """Per discrete variable, the others tied to it (``TIED_ASSOCIATION``) in the training rows' codes.
+    Reweighting draws a tied pair's rare combinations more often, but from as few images: they stay what
+    the model knows least, and an edit of a tied attribute asks for them."""
+    names = [variable.name for variable in schema.variables if variable.is_discrete]
+    ties: dict[str, list[str]] = {name: [] for name in names}
+    for a, b in combinations(names, 2):
+        table = contingency(codes[a], codes[b], schema[a].num_values, schema[b].num_values)
+        if bergsma_v(*chi2_batch(table[None]))[0] >= TIED_ASSOCIATION:
+            ties[a].append(b)
+            ties[b].append(a)
+    return ties

@@ -107,8 +107,9 @@ class CounterfactualPipeline(DiffusionPipeline):
     """Edits attributes of images with a cfgen generator: ``invert`` (abduction) and ``__call__`` (all three steps).
 
     Components: the UNet, the attribute encoder, a DDIM scheduler and its inverse. The configuration
-    holds the variables (``schema``), the image format, how continuous values are standardised, and
-    the inference settings chosen on validation data (``cfgen tune-inference``).
+    holds the variables (``schema``), the image format, how continuous values are standardised, which
+    variables the training rows tie (``ties``), and the inference settings chosen on validation data
+    (``cfgen tune-inference``).
     """
 
     model_cpu_offload_seq = "attribute_encoder->unet"
@@ -123,14 +124,16 @@ class CounterfactualPipeline(DiffusionPipeline):
         image_format: dict | None = None,
         standardization: dict | None = None,
         inference: dict | None = None,
+        ties: dict | None = None,
     ):
         super().__init__()
         self.register_modules(
             unet=unet, attribute_encoder=attribute_encoder, scheduler=scheduler, inverse_scheduler=inverse_scheduler
         )
         self.register_to_config(
-            schema=schema, image_format=image_format, standardization=standardization or {}, inference=inference or {}
-        )
+            schema=schema, image_format=image_format, standardization=standardization or {}, inference=inference or {},
+            ties=ties or {},
+        )  # fmt: skip
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False)
 
     @classmethod
@@ -145,6 +148,7 @@ class CounterfactualPipeline(DiffusionPipeline):
             image_format={"size": list(generator.image_format.size), "mode": generator.image_format.mode},
             standardization=generator.standardization,
             inference=generator.inference,
+            ties=generator.ties,
         )
 
     @classmethod
@@ -163,6 +167,7 @@ class CounterfactualPipeline(DiffusionPipeline):
             ImageFormat(tuple(self.config.image_format["size"]), self.config.image_format["mode"]),
             inference=dict(self.config.inference),
             standardization=dict(self.config.standardization),
+            ties=dict(self.config.ties),
         )
 
     # ---- the building blocks, on tensors: images in [-1, 1], (B, V) condition rows ----
@@ -289,7 +294,8 @@ class CounterfactualPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """Prediction: from the path's noise to an image under ``target``, guided per attribute from
         ``settings.guidance_start`` on, away from the path's factual values or the attribute dropped
-        (``settings.negative``) (DDIM, or DDPM's step plus the path's corrections).
+        (``settings.negative``), given every variable or those untied to the attribute
+        (``settings.direction``) (DDIM, or DDPM's step plus the path's corrections).
 
         With a ``mask`` (``edit_mask``: one per step), each step's result outside it is replaced by the
         source's latent at the same noise level, so what the edit must not touch ends as it was.
@@ -298,9 +304,10 @@ class CounterfactualPipeline(DiffusionPipeline):
         if settings.negative == "source" and path.factual is None and any(settings.guidance.values()):
             raise ValueError("guidance away from the source needs the path's factual values (InversionPath.factual)")
         negative = path.factual if settings.negative == "source" else None
+        untie = model.ties if settings.direction == "untied" else None
         sample = path.latents[-1]
         for step, t in enumerate(self.decoding_timesteps(settings)):
-            predicted = model.guided_prediction(sample, t, target, settings.guidance_at(step), negative)
+            predicted = model.guided_prediction(sample, t, target, settings.guidance_at(step), negative, untie)
             predicted = predicted.to(sample.dtype)
             if path.corrections is None:
                 sample = self.scheduler.step(predicted, int(t), sample, eta=0.0).prev_sample
@@ -377,6 +384,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         inversion: str | None = None,
         guidance_start: float | None = None,
         negative: str | None = None,
+        direction: str | None = None,
         seed: int = 0,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -411,8 +419,9 @@ class CounterfactualPipeline(DiffusionPipeline):
         # 3. The inference settings: those given, else those chosen for the edited attributes
         weights = None if guidance is None else str(guidance)
         settings = settings_for(
-            model, parsed.attributes, steps, inversion_depth, weights, localize, inversion, guidance_start, negative
-        )
+            model, parsed.attributes, steps, inversion_depth, weights, localize, inversion, guidance_start, negative,
+            direction,
+        )  # fmt: skip
 
         # 4. Abduction: invert each source image once, along its path
         path = self.inversion_path(source_images, factual_rows, settings).select(sources)
@@ -451,6 +460,8 @@ def model_card(record: dict[str, Any]) -> str:
     )
     (width, height), mode = record["image_format"]["size"], record["image_format"]["mode"]
     predicted = "the velocity" if training.get("prediction_type") == "v_prediction" else "the noise"
+    pairs = sorted({tuple(sorted((a, b))) for a, others in record.get("ties", {}).items() for b in others})
+    tied = "; ".join(f"{a} and {b}" for a, b in pairs) or "none"
     return f"""---
 library_name: diffusers
 tags: [cfgen, counterfactuals, diffusion]
@@ -475,6 +486,8 @@ out = pipe(images, factual_rows, "{schema.attributes[0].name}=random")  # out.im
 | variable | role | kind | values |
 |---|---|---|---|
 {variables}
+
+Tied in these rows (`ties`; `--direction untied` guides each without the other): {tied}.
 
 ## Training
 
