@@ -57,7 +57,7 @@ from cfgen.runtime import resolve_mixed_precision
 # the attribute dropped (each measured better on its model: docs/generator.md; tiny tries both),
 # standard guides given what is untied to the attribute (it reached more targets at equal guidance,
 # with as many digits kept), quick given every variable (its main job learned less from the other),
-# full lets the tuner choose, and only tiny, standard and full then try holding what the edit keeps
+# full (and tiny) let the tuner choose, and only tiny, standard and full then try holding what the edit keeps
 # at the grid's best point, to stay within the budget: each decoding of the grid is time.
 # soundness_images: edits whose composition and reversibility are measured (each up to 11 times).
 # cf_weight: cf-reg's pull between an image and its edit; quick's few, incomplete edits teach more

@@ -121,7 +121,7 @@ def test_a_folder_from_before_the_pipeline_still_loads(noise_generator: Path, tm
     shutil.rmtree(old / "scheduler")
     ddpm.save_pretrained(old / "scheduler")
     config = json.loads((old / "cfgen_generator.json").read_text())
-    del config["standardization"]
+    del config["standardization"], config["ties"]
     (old / "cfgen_generator.json").write_text(json.dumps(config))
     images, rows = sources(generator, 2)
     loaded = CounterfactualPipeline.load(old)
@@ -129,3 +129,12 @@ def test_a_folder_from_before_the_pipeline_still_loads(noise_generator: Path, tm
     before = loaded(images, rows, "color=red", steps=4, output_type="np").images
     now = CounterfactualPipeline.from_pretrained(generator)(images, rows, "color=red", steps=4, output_type="np")
     assert np.array_equal(before, now.images)
+    with pytest.raises(CfgenError, match="--direction untied needs the variables the generator's training rows tie"):
+        loaded(images, rows, "color=red", steps=4, direction="untied")  # it has no record of them
+    index = json.loads((generator / "model_index.json").read_text())
+    del index["ties"]
+    (old / "model_index.json").write_text(json.dumps(index))  # a pipeline config from before ties, read by diffusers
+    shutil.copytree(generator / "inverse_scheduler", old / "inverse_scheduler")
+    shutil.rmtree(old / "scheduler")
+    shutil.copytree(generator / "scheduler", old / "scheduler")
+    assert CounterfactualPipeline.from_pretrained(old).model.ties == {}

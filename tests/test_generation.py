@@ -757,6 +757,12 @@ def test_untied_directions_leave_out_what_the_training_data_tie_to_the_attribute
         )
         torch.testing.assert_close(untied, wanted, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(expected["dropped"], model.guided_prediction(noisy, t, target, {"fg_color": 2.0}))
+    with torch.inference_mode():  # two guided attributes, each untied from the other: a hold on the digit
+        without_colour = torch.ones_like(target, dtype=torch.bool)
+        without_colour[:, colour] = False
+        held = model.predict(noisy, t, target, without_colour) - model.predict(noisy, t, target, without_both)
+    both = model.guided_prediction(noisy, t, target, {"fg_color": 2.0, "digit": 1.0}, None, model.ties)
+    torch.testing.assert_close(both, expected["dropped"] + held, rtol=1e-4, atol=1e-4)
 
     settings = InferenceSettings(4, 1.0, {"fg_color": 3.0}, inversion="ddpm")
     path = pipeline.inversion_path(images, factual, settings)

@@ -45,6 +45,7 @@ from cfgen.generator.inference import (
     LOCALIZE,
     NEGATIVES,
     InferenceSettings,
+    check_direction,
     held_guidance,
 )
 from cfgen.generator.model import Generator
@@ -169,6 +170,8 @@ def tune_inference(
         unknown = [name for name in given if name not in valid]
         if unknown:
             raise CfgenError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(valid)}")
+    if "untied" in directions:
+        check_direction(model, "untied")
     schema = model.schema
     judges = load_or_train_judges(
         table, schema, Path(judge_cache) if judge_cache else default_judge_cache(), judge_steps,

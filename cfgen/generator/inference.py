@@ -157,6 +157,12 @@ def settings_for(
     """
     chosen = generator.inference.get("attributes", {})
     tuned = [SAVED_BEFORE | chosen[name] for name in intervened if name in chosen]
+    direction = (
+        direction
+        if direction is not None
+        else max((t["direction"] for t in tuned), default=DIRECTIONS[0], key=DIRECTIONS.index)
+    )
+    check_direction(generator, direction)
     if guidance is None:
         weights = {name: chosen.get(name, {}).get("guidance", DEFAULT_GUIDANCE) for name in intervened}
         weights |= held_guidance(generator.schema, intervened, max((t["hold"] for t in tuned), default=0.0))
@@ -182,10 +188,17 @@ def settings_for(
         else "source"
         if any(t["negative"] == "source" for t in tuned)
         else DEFAULT_NEGATIVE,
-        direction=direction
-        if direction is not None
-        else max((t["direction"] for t in tuned), default=DIRECTIONS[0], key=DIRECTIONS.index),
+        direction=direction,
     )
+
+
+def check_direction(generator: Generator, direction: str) -> None:
+    """Refuse untied directions where the generator has no record of what its training rows tie."""
+    if direction == "untied" and not generator.ties:
+        raise CfgenError(
+            "--direction untied needs the variables the generator's training rows tie, which generators saved "
+            "before cfgen recorded them lack; use --direction joint, or train the generator again"
+        )
 
 
 def saved_localize(saved: str | bool) -> str:

@@ -54,7 +54,7 @@ from cfgen.generator.deconfounding import (
     ConsistencyObjective,
     reweight_weights,
 )
-from cfgen.generator.model import Generator
+from cfgen.generator.model import Generator, variable_ties
 from cfgen.generator.previews import SAMPLES_FOLDER, ema_weights, preview_grid, preview_setup
 from cfgen.generator.self_training import ACCEPTANCE, Edits, accepted_edits, load_edits, start_from
 from cfgen.grids import save_grid
@@ -210,6 +210,7 @@ def train(config: TrainingConfig) -> Path:
     table, schema, images = data.table, data.schema, data.images
     if config.init_from:
         generator = start_from(config.init_from, schema, data.image_format, config.architecture, config.prediction_type)
+        generator.ties = variable_ties(schema, schema.encode(table.columns))  # what this run's rows tie
     else:
         generator = Generator.create(schema, data.image_format, config.architecture, table, config.prediction_type)
     conditions = generator.conditions(table)
