@@ -50,7 +50,7 @@ from cfgen.counterfactuals import evaluate_counterfactuals
 from cfgen.counterfactuals.generation import EXACT, generate_counterfactuals
 from cfgen.counterfactuals.tuning import GUIDANCE_DIRECTIONS, GUIDANCE_NEGATIVES, SETTING_KEYS, tune_inference
 from cfgen.data.adapters import open_dataset
-from cfgen.generator.model import CONFIG_FILE, Generator, variable_ties
+from cfgen.generator.model import Generator, variable_ties
 from cfgen.generator.pipeline import save_generator
 from cfgen.io import write_json
 from cfgen.judges import DEFAULT_JUDGE_STEPS, default_judge_cache
@@ -152,10 +152,9 @@ def main(argv: list[str] | None = None) -> None:
 def record_ties(folder: Path, data: Path) -> None:
     """Give a generator saved before generators held their ties those of its training rows."""
     model = Generator.load(folder)
-    if json.loads((folder / CONFIG_FILE).read_text()).get("ties") is not None:
+    if model.ties:
         return
-    table = open_dataset(data).split(model.training["data"]["split"])
-    model.ties = variable_ties(model.schema, model.schema.encode(table.columns))
+    model.ties = variable_ties(model.schema, open_dataset(data).split(model.training["data"]["split"]))
     save_generator(model, folder)
     print(f"recorded the ties of its training rows: {model.ties}", flush=True)
 

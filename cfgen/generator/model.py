@@ -132,7 +132,7 @@ class Generator:
                     float(largest * np.mean(values / largest)),
                     float(largest * np.std(values / largest)) or 1.0,
                 ]
-        ties = variable_ties(schema, schema.encode(table.columns)) if table is not None else {}
+        ties = variable_ties(schema, table) if table is not None else {}
         return cls(
             unet, encoder, scheduler, schema, image_format, {"architecture": architecture}, {}, standardization, ties
         )
@@ -276,10 +276,11 @@ class Generator:
 TIED_ASSOCIATION = 0.3
 
 
-def variable_ties(schema: Schema, codes: dict[str, np.ndarray]) -> dict[str, list[str]]:
-    """Per discrete variable, the others tied to it (``TIED_ASSOCIATION``) in the training rows' codes.
+def variable_ties(schema: Schema, table: MetadataTable) -> dict[str, list[str]]:
+    """Per discrete variable, the others tied to it (``TIED_ASSOCIATION``) in the training rows.
     Reweighting draws a tied pair's rare combinations more often, but from as few images: they stay what
     the model knows least, and an edit of a tied attribute asks for them."""
+    codes = schema.encode(table.columns)
     names = [variable.name for variable in schema.variables if variable.is_discrete]
     ties: dict[str, list[str]] = {name: [] for name in names}
     for a, b in combinations(names, 2):

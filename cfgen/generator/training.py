@@ -210,7 +210,7 @@ def train(config: TrainingConfig) -> Path:
     table, schema, images = data.table, data.schema, data.images
     if config.init_from:
         generator = start_from(config.init_from, schema, data.image_format, config.architecture, config.prediction_type)
-        generator.ties = variable_ties(schema, schema.encode(table.columns))  # what this run's rows tie
+        generator.ties = variable_ties(schema, table)  # what this run's rows tie
     else:
         generator = Generator.create(schema, data.image_format, config.architecture, table, config.prediction_type)
     conditions = generator.conditions(table)
