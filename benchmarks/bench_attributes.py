@@ -18,6 +18,9 @@ steps buy at equal settings.
 (``InferenceSettings.direction``); a generator saved before generators held their ties (the variables
 tied in their training rows) is given those of the run's training split first.
 
+``--before-guidance target,dropped`` lets the tuner choose what the steps before a late guidance start are
+conditioned on (``InferenceSettings.before_guidance``).
+
 ``--holds W`` lets the tuner try, at the best point of the grid, holding every variable the edit
 keeps (guidance of weight W toward its source value), as the standard preset's grid does.
 
@@ -27,7 +30,8 @@ and the stroke colour kept on >= 0.95; thickness edits effectiveness >= 0.90 wit
 
     python benchmarks/bench_attributes.py --run RUN --attributes bg_color --localize others --depths 1.0
         [--guidance 2,3] [--guidance-starts 0] [--sources 100] [--test-images 500] [--judge-cache DIR]
-        [--holds W] [--negatives dropped,source] [--directions joint,untied] [--rim-noise F] [--results R.json]
+        [--holds W] [--negatives dropped,source] [--directions joint,untied] [--before-guidance target,dropped]
+        [--rim-noise F] [--results R.json]
 
 Writes benchmarks/results/attributes.json (or --results); one entry per attribute (and rim noise level
 other than the default), replaced when measured again.
@@ -48,7 +52,13 @@ from common import load_results, machine
 import cfgen.generator.pipeline
 from cfgen.counterfactuals import evaluate_counterfactuals
 from cfgen.counterfactuals.generation import EXACT, generate_counterfactuals
-from cfgen.counterfactuals.tuning import GUIDANCE_DIRECTIONS, GUIDANCE_NEGATIVES, SETTING_KEYS, tune_inference
+from cfgen.counterfactuals.tuning import (
+    GUIDANCE_BEFORE,
+    GUIDANCE_DIRECTIONS,
+    GUIDANCE_NEGATIVES,
+    SETTING_KEYS,
+    tune_inference,
+)
 from cfgen.data.adapters import open_dataset
 from cfgen.generator.model import Generator, variable_ties
 from cfgen.generator.pipeline import save_generator
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--holds", default="", help="hold weights tried at the grid's best point (default: none)")
     parser.add_argument("--negatives", default=",".join(GUIDANCE_NEGATIVES), help="what guidance pushes away from")
     parser.add_argument("--directions", default=",".join(GUIDANCE_DIRECTIONS), help="joint, untied or both")
+    parser.add_argument("--before-guidance", default=",".join(GUIDANCE_BEFORE), help="target, dropped or both")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -101,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         "holds": tuple(numbers(args.holds)),
         "negatives": tuple(args.negatives.split(",")),
         "directions": tuple(args.directions.split(",")),
+        "before_guidance": tuple(args.before_guidance.split(",")),
     }
     settings = {"run": str(run), "steps": args.steps, "sources": args.sources, "test_images": args.test_images}
     results_file = Path(args.results)

@@ -34,7 +34,15 @@ from cfgen.data.adapters import open_dataset
 from cfgen.data.table import SPLIT_COLUMN
 from cfgen.datasets import DEFAULT, BuiltinDataset, builtin_of
 from cfgen.errors import CfgenError
-from cfgen.generator.inference import DIRECTIONS, INVERSIONS, LOCALIZE, NEGATIVES, SAVED_BEFORE, saved_localize
+from cfgen.generator.inference import (
+    BEFORE_GUIDANCE,
+    DIRECTIONS,
+    INVERSIONS,
+    LOCALIZE,
+    NEGATIVES,
+    SAVED_BEFORE,
+    saved_localize,
+)
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.generator.training import train_generator
 from cfgen.io import RUN_FILE, check_output_dir, output_dir_in_place, write_json, write_run_record
@@ -47,18 +55,19 @@ from cfgen.runtime import resolve_mixed_precision
 # generator_steps (None: the generator preset's), sources (training images edited) and ddim_steps
 # (each way) are the time budget's levers: on the quick model 10 DDIM steps edit as well as 20 at
 # half the time (docs/generator.md). tune: the validation images and the grid (depths, guidance,
-# guidance starts, masks, inversions, negatives, directions) that choose each edited attribute's
-# inference settings (cfgen tune-inference); quick and standard invert to 0.6 of the noise range
-# alone (a model predicting the velocity edits a background from there too, and deeper inversions
-# lost digits),
-# every preset but full tries the edit-friendly inversion alone (it measured better on every
-# attribute), only standard and full try guidance from 60% of the steps (it pays on a well-trained
-# model), quick guides away from the source value, the others away from
-# the attribute dropped (each measured better on its model: docs/generator.md; tiny tries both),
-# standard guides given what is untied to the attribute (it reached more targets at equal guidance,
-# with as many digits kept), quick given every variable (its main job learned less from the other),
-# full (and tiny) let the tuner choose, and only tiny, standard and full then try holding what the edit keeps
-# at the grid's best point, to stay within the budget: each decoding of the grid is time.
+# guidance starts, masks, inversions, negatives, directions, conditions before guidance) that choose
+# each edited attribute's inference settings (cfgen tune-inference); quick and standard invert to
+# 0.6 of the noise range alone (a model predicting the velocity edits a background from there too,
+# and deeper inversions lost digits), every preset but full tries the edit-friendly inversion alone
+# (it measured better on every attribute), only standard and full try guidance from 60% of the
+# steps (it pays on a well-trained model), quick guides away from the source value, the others away
+# from the attribute dropped (each measured better on its model: docs/generator.md; tiny tries
+# both), standard guides given what is untied to the attribute (it reached more targets at equal
+# guidance, with as many digits kept), quick given every variable (its main job learned less from
+# the other), standard drops the edited attribute from the steps before a late guidance start (more
+# digits and thicknesses kept, closer to the exact edits), full (and tiny) let the tuner choose
+# those two, and only tiny, standard and full then try holding what the edit keeps at the grid's
+# best point, to stay within the budget: each decoding of the grid is time.
 # soundness_images: edits whose composition and reversibility are measured (each up to 11 times).
 # cf_weight: cf-reg's pull between an image and its edit; quick's few, incomplete edits teach more
 # under a stronger pull, which costs where every image has a good edit (docs/classifier.md).
@@ -83,6 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "inversions": ("ddpm",),
             "negatives": NEGATIVES,
             "directions": DIRECTIONS,
+            "before_guidance": BEFORE_GUIDANCE,
         },
         "soundness_images": 4,
     },
@@ -106,6 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "inversions": ("ddpm",),
             "negatives": ("source",),
             "directions": ("joint",),
+            "before_guidance": ("target",),
         },
         "soundness_images": 32,
     },
@@ -129,6 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "inversions": ("ddpm",),
             "negatives": ("dropped",),
             "directions": ("untied",),
+            "before_guidance": ("dropped",),
         },
         "soundness_images": 64,
     },
@@ -152,6 +164,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "inversions": INVERSIONS,
             "negatives": ("dropped",),
             "directions": DIRECTIONS,
+            "before_guidance": BEFORE_GUIDANCE,
         },
         "soundness_images": 256,
     },
@@ -445,14 +458,18 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
         s = SAVED_BEFORE | saved
         chosen.append(
             f"{name}: {LOCALIZED[saved_localize(s['localize'])]}, {s['inversion'].upper()} inversion "
-            f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}{_late(s['guidance_start'])}, "
+            f"to depth {s['inversion_depth']}, guidance {s['guidance']:g}"
+            f"{_late(s['guidance_start'], s['before_guidance'])}, "
             f"{AWAY_FROM[s['negative']]}{GIVEN[s['direction']]}{_held(s['hold'])}, {s['steps']} steps"
         )
     return [f"Inference settings chosen on the validation split (`cfgen tune-inference`): {'; '.join(chosen)}.", ""]
 
 
-def _late(guidance_start: float) -> str:
-    return f" from {guidance_start:.0%} of the steps on" if guidance_start else ""
+def _late(guidance_start: float, before_guidance: str) -> str:
+    if not guidance_start:
+        return ""
+    before = " (the attribute dropped before)" if before_guidance == "dropped" else ""
+    return f" from {guidance_start:.0%} of the steps on{before}"
 
 
 def _held(hold: float) -> str:

@@ -15,7 +15,7 @@ from PIL import Image
 from cfgen.counterfactuals.generation import generate_counterfactuals
 from cfgen.data.table import read_imagefolder
 from cfgen.errors import CfgenError
-from cfgen.generator.pipeline import CounterfactualPipeline
+from cfgen.generator.pipeline import CounterfactualPipeline, store_inference
 from cfgen.generator.training import train_generator
 
 
@@ -138,3 +138,8 @@ def test_a_folder_from_before_the_pipeline_still_loads(noise_generator: Path, tm
     shutil.rmtree(old / "scheduler")
     shutil.copytree(generator / "scheduler", old / "scheduler")
     assert CounterfactualPipeline.from_pretrained(old).model.ties == {}
+    store_inference(old, {})  # rewrites the card from the record
+    assert (
+        "Tied in these rows (`ties`; `--direction untied` guides each without the other): not recorded"
+        in (old / "README.md").read_text()
+    )

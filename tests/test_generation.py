@@ -42,6 +42,7 @@ from cfgen.datasets.colored_mnist.rendering import (
 )
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import (
+    BEFORE_GUIDANCE,
     DIRECTIONS,
     NEGATIVES,
     InferenceSettings,
@@ -456,7 +457,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     judge = [f"--{key.replace('_', '-')}={value}" for key, value in JUDGE.items()]
     grid = ["--depths", "0.4,1.0", "--guidance", "6", "--guidance-starts", "0,0.5", "--localize", "no,others",
             "--inversions", "ddim,ddpm", "--negatives", "dropped,source", "--directions", "joint,untied",
-            "--holds", "2", "--ddim-steps", "4",
+            "--before-guidance", "target,dropped", "--holds", "2", "--ddim-steps", "4",
             "--sources", "3", *judge]  # fmt: skip
     common = ["--generator", str(tuned), "--data", str(dataset), "--judge-cache", str(judge_cache), *grid]
     assert cli("tune-inference", *common, "--attributes", "fg_color,thickness") == 0
@@ -466,9 +467,9 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert set(inference["attributes"]) == {"fg_color", "thickness"}
     assert inference["selection"]["split"] == "validation" and inference["selection"]["sources"] == 3
     for name, scores in inference["selection"]["grid"].items():
-        assert len(scores) == 65
+        assert len(scores) == 97  # (1 start at 0 + 2 conditions before a start at 0.5) x 32, and a hold
         # the grid without holding, then the hold tried at its best point
-        grid_points, held = scores[:64], scores[64]
+        grid_points, held = scores[:96], scores[96]
         assert all(s["hold"] == 0 for s in grid_points)
         first = choose_setting(grid_points, 3)
         assert held == {**held, **{key: first[key] for key in SETTING_KEYS}, "hold": 2.0}
@@ -478,9 +479,14 @@ def test_settings_chosen_on_validation_are_saved_and_used(
         # an edit the judges read as its target reads so at least at its own end of the way
         assert all((s["reach"] > 0) == (s["effectiveness"] > 0) for s in scores)
         assert all(s["graded_success"] >= s["success"] / len(REACH_FRACTIONS) - 1e-9 for s in scores)
-        assert {
-            (s["inversion"], s["localize"], s["guidance_start"], s["negative"], s["direction"]) for s in scores
-        } == set(product(("ddim", "ddpm"), ("no", "others"), (0.0, 0.5), NEGATIVES, DIRECTIONS))
+        points = {tuple(s[key] for key in SETTING_KEYS if key not in ("guidance", "hold")) for s in scores}
+        assert points == {
+            (depth, local, inversion, start, negative, direction, before)
+            for depth, local, inversion, start, negative, direction in product(
+                (0.4, 1.0), ("no", "others"), ("ddim", "ddpm"), (0.0, 0.5), NEGATIVES, DIRECTIONS
+            )
+            for before in (BEFORE_GUIDANCE if start else ("target",))
+        }
         assert all(0 < s["change"] < 1 for s in scores)  # mean absolute pixel change, images in [0, 1]
         expected = {"steps": 4, **{key: best[key] for key in SETTING_KEYS}}
         assert inference["attributes"][name] == expected
@@ -508,6 +514,10 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     other = next(direction for direction in DIRECTIONS if direction != chosen["direction"])
     assert cli(*edit, "--direction", other, "--out", str(tmp_path / "cf5")) == 0
     assert json.loads((tmp_path / "cf5" / "run.json").read_text())["config"]["direction"] == other
+    assert used["before_guidance"] == chosen["before_guidance"]
+    other = next(before for before in BEFORE_GUIDANCE if before != chosen["before_guidance"])
+    assert cli(*edit, "--before-guidance", other, "--out", str(tmp_path / "cf6")) == 0
+    assert json.loads((tmp_path / "cf6" / "run.json").read_text())["config"]["before_guidance"] == other
 
     # a joint edit inverts as deep as its deepest attribute needs, each attribute with its own guidance
     joint = settings_for(Generator.load(tuned), ("fg_color", "thickness"))
@@ -538,6 +548,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert "unknown negative 'target'; choose from dropped, source" in capsys.readouterr().err
     assert cli("tune-inference", *common, "--directions", "apart") == 2
     assert "unknown direction 'apart'; choose from joint, untied" in capsys.readouterr().err
+    assert cli("tune-inference", *common, "--before-guidance", "later") == 2
+    assert "unknown condition before guidance 'later'; choose from target, dropped" in capsys.readouterr().err
 
 
 def test_a_saved_hold_guides_every_variable_the_edit_keeps(
@@ -787,14 +799,52 @@ def test_untied_directions_leave_out_what_the_training_data_tie_to_the_attribute
     assert settings_for(model, ("bg_color",), direction="joint").direction == "joint"  # what is given wins
 
 
+def test_steps_before_a_late_guidance_start_can_drop_what_the_edit_changes(dataset: Path, generator: Path) -> None:
+    """``before_guidance="dropped"``: until guidance starts, each row is decoded given what its edit keeps
+    alone (its edited variables dropped), then guided as before; a row whose edit changes nothing, or a
+    decoding guided from the first step, is decoded as under ``"target"``."""
+    pipeline, images, factual, target = background_edits(dataset, generator)
+    model = pipeline.model
+    target[0] = factual[0]  # a null edit: nothing to drop
+    settings = InferenceSettings(4, 1.0, {"bg_color": 3.0}, inversion="ddpm", guidance_start=0.5)
+    path = pipeline.inversion_path(images, factual, settings)
+    dropped = pipeline.decode(path, target, replace(settings, before_guidance="dropped"))
+    with torch.inference_mode():
+        sample = path.latents[-1]
+        for step, t in enumerate(pipeline.decoding_timesteps(settings)):
+            if step < 2:  # half of the 4 steps: the edited background dropped
+                predicted = model.predict(sample, t, target, factual == target)
+            else:
+                predicted = model.guided_prediction(sample, t, target, {"bg_color": 3.0})
+            sample = pipeline.ddpm_step(predicted, t, sample) + path.corrections[step]
+    torch.testing.assert_close(dropped, sample, rtol=1e-5, atol=1e-5)
+    given_target = pipeline.decode(path, target, settings)
+    assert torch.equal(dropped[0], given_target[0])
+    assert not torch.allclose(dropped[1:], given_target[1:], atol=1e-3)
+    from_the_start = replace(settings, guidance_start=0.0)
+    assert torch.equal(
+        pipeline.decode(path, target, from_the_start),
+        pipeline.decode(path, target, replace(from_the_start, before_guidance="dropped")),
+    )
+    with pytest.raises(CfgenError, match="--before-guidance must be one of target, dropped, not 'later'"):
+        InferenceSettings(before_guidance="later")
+
+    old = {"steps": 4, "inversion_depth": 0.6, "guidance": 3.0, "guidance_start": 0.5}
+    model.inference = {"attributes": {"fg_color": old, "bg_color": {**old, "before_guidance": "dropped"}}}
+    assert settings_for(model, ("fg_color",)).before_guidance == "target"  # saved before it was a choice
+    assert settings_for(model, ("fg_color", "bg_color")).before_guidance == "dropped"  # a joint edit: where any is
+    assert settings_for(model, ("bg_color",), before_guidance="target").before_guidance == "target"  # given wins
+
+
 def test_settings_that_differ_in_decoding_share_one_abduction(dataset: Path, generator: Path) -> None:
-    """The tuner decodes every guidance, start and negative of a grid from one inversion and mask: the
-    images are those each setting makes alone."""
+    """The tuner decodes every guidance, start, negative and condition before guidance of a grid from one
+    inversion and mask: the images are those each setting makes alone."""
     model, table = Generator.load(generator), read_imagefolder(dataset)
     requests = plan_requests(table, model.schema, parse_intervention("bg_color=random", model.schema), rows=[0, 1, 2])
     base = InferenceSettings(4, 1.0, {"bg_color": 3.0}, localize="edit", inversion="ddpm")
-    variants = [base, replace(base, guidance={"bg_color": 6.0}), replace(base, negative="source"),
-                replace(base, guidance_start=0.5)]  # fmt: skip
+    late = replace(base, guidance_start=0.5)
+    variants = [base, replace(base, guidance={"bg_color": 6.0}), replace(base, negative="source"), late,
+                replace(late, before_guidance="dropped")]  # fmt: skip
     source = GeneratorSource(model, generator, base, "no")
     together = source.make_each(table, requests, variants)
     for settings, images in zip(variants, together, strict=True):

@@ -142,4 +142,4 @@ def test_every_preset_names_a_generator_preset_and_every_setting() -> None:
         assert name in GENERATOR_PRESETS
         assert set(settings) == set(PRESETS["quick"]), name
         grid = {"depths", "guidance", "guidance_starts", "holds", "localize", "inversions", "negatives", "directions"}
-        assert set(settings["tune"]) == {"sources", *grid}, name
+        assert set(settings["tune"]) == {"sources", "before_guidance", *grid}, name

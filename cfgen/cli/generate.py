@@ -5,6 +5,7 @@ import argparse
 from cfgen.cli.options import add_format_argument, add_output_arguments, add_renamed, finish
 from cfgen.counterfactuals.generation import generate_counterfactuals, process_state
 from cfgen.generator.inference import (
+    BEFORE_GUIDANCE,
     DEFAULT_GUIDANCE,
     DEFAULT_INVERSION_DEPTH,
     DEFAULT_NEGATIVE,
@@ -86,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"the generator's per attribute, chosen by tune-inference, else {DIRECTIONS[0]})",
     )
     inference.add_argument(
+        "--before-guidance",
+        choices=BEFORE_GUIDANCE,
+        help="what the steps before --guidance-start are conditioned on: the target values (target), or what the "
+        "edit keeps alone, its attributes dropped (dropped: the shape is kept and the guided steps set the value) "
+        f"(default: the generator's per attribute, chosen by tune-inference, else {BEFORE_GUIDANCE[0]})",
+    )
+    inference.add_argument(
         "--mixed-precision",
         choices=MIXED_PRECISION_CHOICES,
         default="auto",
@@ -112,6 +120,7 @@ def run(args: argparse.Namespace) -> None:
         guidance_start=args.guidance_start,
         negative=args.negative,
         direction=args.direction,
+        before_guidance=args.before_guidance,
         mixed_precision=args.mixed_precision,
         resize=args.resize,
         data_format=args.format,

@@ -8,13 +8,22 @@ from cfgen.counterfactuals.tuning import (
     DEFAULT_SOURCES,
     DEPTHS,
     GUIDANCE,
+    GUIDANCE_BEFORE,
     GUIDANCE_DIRECTIONS,
     GUIDANCE_NEGATIVES,
     GUIDANCE_STARTS,
     HOLDS,
     tune_inference,
 )
-from cfgen.generator.inference import DEFAULT_STEPS, DIRECTIONS, INVERSIONS, LOCALIZE, NEGATIVES, SAVED_BEFORE
+from cfgen.generator.inference import (
+    BEFORE_GUIDANCE,
+    DEFAULT_STEPS,
+    DIRECTIONS,
+    INVERSIONS,
+    LOCALIZE,
+    NEGATIVES,
+    SAVED_BEFORE,
+)
 from cfgen.generator.model import CONFIG_FILE
 from cfgen.judges import (
     DEFAULT_JUDGE_BATCH_SIZE,
@@ -87,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"default: {', '.join(GUIDANCE_DIRECTIONS)})",
     )
     parser.add_argument(
+        "--before-guidance",
+        type=_names,
+        default=GUIDANCE_BEFORE,
+        help=f"what steps before a late --guidance-starts are conditioned on, to try, comma-separated: "
+        f"{', '.join(BEFORE_GUIDANCE)} (see generate --before-guidance; default: {', '.join(GUIDANCE_BEFORE)})",
+    )
+    parser.add_argument(
         "--ddim-steps", dest="steps", type=int, default=DEFAULT_STEPS, help="DDIM steps each way (default %(default)s)"
     )
     add_renamed(parser, "--steps", "--ddim-steps", dest="steps", type=int)
@@ -105,14 +121,15 @@ def run(args: argparse.Namespace) -> None:
     inference = tune_inference(
         args.generator, args.data, args.split, args.attributes, args.depths, args.guidance,
         args.localize, args.steps, args.inversions, args.guidance_starts, args.holds, args.negatives,
-        args.directions, args.sources, args.judge_steps, args.judge_batch_size, args.judge_images, args.judge_cache,
-        args.mixed_precision, args.seed, progress=True, data_format=args.format,
+        args.directions, args.before_guidance, args.sources, args.judge_steps, args.judge_batch_size,
+        args.judge_images, args.judge_cache, args.mixed_precision, args.seed, progress=True, data_format=args.format,
         resize=args.resize,
     )  # fmt: skip
     for name, saved in inference["attributes"].items():
         settings = SAVED_BEFORE | saved  # attributes tuned before (kept in the record) may predate some choices
         print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, "
               f"guidance {settings['guidance']} from {settings['guidance_start']} (negative "
-              f"{settings['negative']}, direction {settings['direction']}), holding the rest at "
+              f"{settings['negative']}, direction {settings['direction']}, before it {settings['before_guidance']}), "
+              f"holding the rest at "
               f"{settings['hold']}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

@@ -98,8 +98,8 @@ class GeneratorSource:
         self, table: MetadataTable, requests: Sequence[Request], decodings: Sequence[InferenceSettings]
     ) -> list[np.ndarray]:
         """The requests' images under each of ``decodings``: settings that differ from this source's
-        only in how they decode (guidance, its start, the negative, the direction), so the sources are inverted, and
-        the edit's mask drawn, once for all of them."""
+        only in how they decode (guidance, its start, the negative, the direction, the steps before guidance), so
+        the sources are inverted, and the edit's mask drawn, once for all of them."""
         abduction = ("steps", "inversion_depth", "inversion", "localize")  # decoding sets the others
         ours = [getattr(self.inference, key) for key in abduction]
         if any([getattr(settings, key) for key in abduction] != ours for settings in decodings):
@@ -209,6 +209,7 @@ def generate_counterfactuals(
     guidance_start: float | None = None,
     negative: str | None = None,
     direction: str | None = None,
+    before_guidance: str | None = None,
     mixed_precision: str = "auto",
     resize: int | None = None,
     data_format: str = "auto",
@@ -240,7 +241,7 @@ def generate_counterfactuals(
         given = {
             "--ddim-steps": steps, "--inversion-depth": inversion_depth, "--guidance": guidance, "--localize": localize,
             "--inversion": inversion, "--guidance-start": guidance_start, "--negative": negative,
-            "--direction": direction,
+            "--direction": direction, "--before-guidance": before_guidance,
         }  # fmt: skip
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
@@ -265,7 +266,7 @@ def generate_counterfactuals(
         intervention = parse_intervention(intervene, model.schema)
         inference = settings_for(
             model, intervention.attributes, steps, inversion_depth, guidance, localize, inversion, guidance_start,
-            negative, direction,
+            negative, direction, before_guidance,
         )  # fmt: skip
         source = GeneratorSource(model, folder, inference, resolve_mixed_precision(mixed_precision))
     requests = plan_requests(table, source.schema, intervention, seed=seed, rows=rows)

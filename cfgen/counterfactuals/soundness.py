@@ -99,6 +99,7 @@ def generator_edit(counterfactual_folder: str | Path, batch_size: int = 64) -> E
     settings = InferenceSettings(
         config["steps"], config["inversion_depth"], config["guidance"], config["localize"],
         config["inversion"], config["guidance_start"], config["negative"], config["direction"],
+        config["before_guidance"],
     )  # fmt: skip
 
     def edit(images: np.ndarray, values: Sequence[dict[str, str]], targets: Sequence[dict[str, str]]) -> np.ndarray:

@@ -3,7 +3,8 @@ with the generator as the defaults of ``cfgen generate`` and the pipeline.
 
 Guidance and inversion depth trade the edit against what it must keep: more of either reaches the
 target more often and keeps the rest less often, and what suits a thin stroke does not suit a
-background. For every attribute, and every (depth, guidance, guidance start, negative, direction) of a grid,
+background. For every attribute, and every (depth, guidance, guidance start, negative, direction, condition
+before guidance) of a grid,
 the generator edits validation images to a random other value of it (points that differ only in
 how they decode share one inversion and mask); the judges of
 ``evaluate-counterfactuals`` read the edits, and the setting with the most successes wins (the
@@ -19,11 +20,12 @@ in), both inversions (DDIM's and the edit-friendly one) and, where asked, guidan
 the source value rather than from the attribute dropped (``InferenceSettings.negative``; reach
 rewards its overshoot on a well-trained model, so the default grid leaves it out) and, where asked,
 guidance directions untied from what the training data tie to the attribute
-(``InferenceSettings.direction``), so each
-attribute gets the procedure that works for it. At the best point of that grid the tuner then
-tries *holding* what the edit keeps (``holds``: guidance of that weight toward its source value
-on every other variable, which stops a thickness edit dragging a rare stroke colour toward the
-digit's usual one), and keeps it where it wins by the same rule. The test split is never used: a
+(``InferenceSettings.direction``) and steps before a late guidance start that drop the edited
+attribute (``InferenceSettings.before_guidance``), so each attribute gets the procedure that works
+for it. At the best point of that grid the tuner then tries *holding* what the edit keeps
+(``holds``: guidance of that weight toward its source value on every other variable, which stops a
+thickness edit dragging a rare stroke colour toward the digit's usual one), and keeps it where it
+wins by the same rule. The test split is never used: a
 setting chosen there would flatter every figure measured on it.
 """
 
@@ -39,6 +41,7 @@ from cfgen.data.images import load_images
 from cfgen.data.table import SPLIT_COLUMN
 from cfgen.errors import CfgenError
 from cfgen.generator.inference import (
+    BEFORE_GUIDANCE,
     DEFAULT_STEPS,
     DIRECTIONS,
     INVERSIONS,
@@ -72,8 +75,10 @@ HOLDS = ()  # hold weights tried at the grid's best point (none: the edit alone 
 # so it is tried only where asked (docs/generator.md).
 GUIDANCE_NEGATIVES = ("dropped",)
 GUIDANCE_DIRECTIONS = ("joint",)
+GUIDANCE_BEFORE = ("target",)  # what steps before a late guidance start are conditioned on, by default
 SETTING_KEYS = (  # what a point sets
-    "inversion_depth", "guidance", "localize", "inversion", "guidance_start", "negative", "direction", "hold",
+    "inversion_depth", "guidance", "localize", "inversion", "guidance_start", "negative", "direction",
+    "before_guidance", "hold",
 )  # fmt: skip
 REACH_FRACTIONS = np.linspace(0.05, 1.0, 20)  # the points on the way from a source to its edit that reach reads
 CRITERION = (
@@ -118,6 +123,7 @@ def tune_inference(
     holds: tuple[float, ...] = HOLDS,
     negatives: tuple[str, ...] = GUIDANCE_NEGATIVES,
     directions: tuple[str, ...] = GUIDANCE_DIRECTIONS,
+    before_guidance: tuple[str, ...] = GUIDANCE_BEFORE,
     sources: int = DEFAULT_SOURCES,
     judge_steps: int = DEFAULT_JUDGE_STEPS,
     judge_batch_size: int = DEFAULT_JUDGE_BATCH_SIZE,
@@ -153,10 +159,10 @@ def tune_inference(
     unknown = [name for name in attributes if name not in editable]
     if unknown:
         raise CfgenError(f"cannot tune edits of {unknown[0]!r}; attributes the generator edits: {', '.join(editable)}")
-    if not all((depths, guidance, localize, inversions, guidance_starts, negatives, directions)):
+    if not all((depths, guidance, localize, inversions, guidance_starts, negatives, directions, before_guidance)):
         raise CfgenError(
             "give at least one inversion depth, guidance weight, guidance start, localize choice, inversion, "
-            "negative and direction to choose from"
+            "negative, direction and condition before guidance to choose from"
         )
     bad = [hold for hold in holds if not (hold > 0 and np.isfinite(hold))]
     if bad:
@@ -166,6 +172,7 @@ def tune_inference(
         (localize, LOCALIZE, "localize choice"),
         (negatives, NEGATIVES, "negative"),
         (directions, DIRECTIONS, "direction"),
+        (before_guidance, BEFORE_GUIDANCE, "condition before guidance"),
     ):
         unknown = [name for name in given if name not in valid]
         if unknown:
@@ -195,6 +202,7 @@ def tune_inference(
                 point["guidance_start"],
                 point["negative"],
                 point["direction"],
+                point["before_guidance"],
             )
             for point in points
         ]
@@ -228,8 +236,15 @@ def tune_inference(
 
     abductions = [  # each with the points decoded from it; held at none: a hold is tried at the best point
         [
-            dict(zip(SETTING_KEYS, (depth, weight, local, inversion, start, negative, direction, 0.0), strict=True))
+            dict(
+                zip(
+                    SETTING_KEYS,
+                    (depth, weight, local, inversion, start, negative, direction, before, 0.0),
+                    strict=True,
+                )
+            )
             for weight, start, negative, direction in product(guidance, guidance_starts, negatives, directions)
+            for before in (before_guidance if start else before_guidance[:1])  # no steps before guidance at 0
         ]
         for inversion, local, depth in product(inversions, localize, depths)
     ]

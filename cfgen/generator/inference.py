@@ -38,10 +38,16 @@ DEFAULT_NEGATIVE = "dropped"
 # combinations are what the model saw least, and the edits of a confounded attribute are those
 # combinations; its direction with its ties dropped is learned from every image. (docs/generator.md)
 DIRECTIONS = ("joint", "untied")
+# What the decoding steps before guidance starts are conditioned on: the target values (target), or
+# what the edit keeps alone, its attributes dropped (dropped). Those steps decide the shapes; told a
+# value the noisy source does not show, the model redraws the shape to fit it (thick strokes come out
+# thin), and told none, it keeps the shape and leaves the value to the guided steps (docs/generator.md).
+BEFORE_GUIDANCE = ("target", "dropped")
 # What settings saved before a choice existed used (chosen settings, generation records), so that
 # generators and counterfactual folders made then are read as they were made.
 SAVED_BEFORE = {
     "inversion": "ddim", "guidance_start": 0.0, "negative": DEFAULT_NEGATIVE, "direction": "joint", "hold": 0.0,
+    "before_guidance": "target",
 }  # fmt: skip
 
 
@@ -60,6 +66,7 @@ class InferenceSettings:
     guidance_start: float = 0.0
     negative: str = DEFAULT_NEGATIVE  # one of NEGATIVES
     direction: str = DIRECTIONS[0]
+    before_guidance: str = BEFORE_GUIDANCE[0]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "localize", saved_localize(self.localize))
@@ -77,6 +84,10 @@ class InferenceSettings:
             raise CfgenError(f"--negative must be one of {', '.join(NEGATIVES)}, not {self.negative!r}")
         if self.direction not in DIRECTIONS:
             raise CfgenError(f"--direction must be one of {', '.join(DIRECTIONS)}, not {self.direction!r}")
+        if self.before_guidance not in BEFORE_GUIDANCE:
+            raise CfgenError(
+                f"--before-guidance must be one of {', '.join(BEFORE_GUIDANCE)}, not {self.before_guidance!r}"
+            )
         if not 0 <= self.guidance_start < 1:
             raise CfgenError(
                 f"--guidance-start must be in [0, 1) (a fraction of the decoding steps), not {self.guidance_start!r}"
@@ -95,6 +106,7 @@ class InferenceSettings:
             "guidance_start": self.guidance_start,
             "negative": self.negative,
             "direction": self.direction,
+            "before_guidance": self.before_guidance,
         }
 
     def guidance_at(self, step: int) -> dict[str, float]:
@@ -141,6 +153,7 @@ def settings_for(
     guidance_start: float | None = None,
     negative: str | None = None,
     direction: str | None = None,
+    before_guidance: str | None = None,
 ) -> InferenceSettings:
     """The settings of an edit of ``intervened``: what is given, else what was chosen for those
     attributes on validation data and saved with the generator, else the defaults.
@@ -153,7 +166,7 @@ def settings_for(
     their source values when any of them is. Settings saved before the inversion was a choice were
     chosen with DDIM's, those saved before the negative was with the attribute dropped, and those saved
     before the direction was with every other variable; a joint edit's directions are untied when any
-    of its attributes' are.
+    of its attributes' are, and its steps before guidance drop its attributes when any of them chose so.
     """
     chosen = generator.inference.get("attributes", {})
     tuned = [SAVED_BEFORE | chosen[name] for name in intervened if name in chosen]
@@ -189,6 +202,9 @@ def settings_for(
         if any(t["negative"] == "source" for t in tuned)
         else DEFAULT_NEGATIVE,
         direction=direction,
+        before_guidance=before_guidance
+        if before_guidance is not None
+        else max((t["before_guidance"] for t in tuned), default=BEFORE_GUIDANCE[0], key=BEFORE_GUIDANCE.index),
     )
 
 

@@ -295,7 +295,9 @@ class CounterfactualPipeline(DiffusionPipeline):
         """Prediction: from the path's noise to an image under ``target``, guided per attribute from
         ``settings.guidance_start`` on, away from the path's factual values or the attribute dropped
         (``settings.negative``), given every variable or those untied to the attribute
-        (``settings.direction``) (DDIM, or DDPM's step plus the path's corrections).
+        (``settings.direction``) (DDIM, or DDPM's step plus the path's corrections). The steps before
+        guidance are conditioned on the target values, or on what the edit keeps alone
+        (``settings.before_guidance``: each row's edited variables dropped).
 
         With a ``mask`` (``edit_mask``: one per step), each step's result outside it is replaced by the
         source's latent at the same noise level, so what the edit must not touch ends as it was.
@@ -303,11 +305,19 @@ class CounterfactualPipeline(DiffusionPipeline):
         model = self.model
         if settings.negative == "source" and path.factual is None and any(settings.guidance.values()):
             raise ValueError("guidance away from the source needs the path's factual values (InversionPath.factual)")
+        dropped = settings.before_guidance == "dropped" and settings.guidance_start > 0
+        if dropped and path.factual is None:
+            raise ValueError("dropping the edited values needs the path's factual values (InversionPath.factual)")
         negative = path.factual if settings.negative == "source" else None
         untie = model.ties if settings.direction == "untied" else None
+        kept = path.factual == target if dropped else None  # (B, V): what each row's edit keeps
         sample = path.latents[-1]
         for step, t in enumerate(self.decoding_timesteps(settings)):
-            predicted = model.guided_prediction(sample, t, target, settings.guidance_at(step), negative, untie)
+            guidance = settings.guidance_at(step)
+            if dropped and not guidance:
+                predicted = model.predict(sample, t, target, kept)
+            else:
+                predicted = model.guided_prediction(sample, t, target, guidance, negative, untie)
             predicted = predicted.to(sample.dtype)
             if path.corrections is None:
                 sample = self.scheduler.step(predicted, int(t), sample, eta=0.0).prev_sample
@@ -385,6 +395,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         guidance_start: float | None = None,
         negative: str | None = None,
         direction: str | None = None,
+        before_guidance: str | None = None,
         seed: int = 0,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -420,7 +431,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         weights = None if guidance is None else str(guidance)
         settings = settings_for(
             model, parsed.attributes, steps, inversion_depth, weights, localize, inversion, guidance_start, negative,
-            direction,
+            direction, before_guidance,
         )  # fmt: skip
 
         # 4. Abduction: invert each source image once, along its path
@@ -460,8 +471,9 @@ def model_card(record: dict[str, Any]) -> str:
     )
     (width, height), mode = record["image_format"]["size"], record["image_format"]["mode"]
     predicted = "the velocity" if training.get("prediction_type") == "v_prediction" else "the noise"
-    pairs = sorted({tuple(sorted((a, b))) for a, others in record.get("ties", {}).items() for b in others})
-    tied = "; ".join(f"{a} and {b}" for a, b in pairs) or "none"
+    ties = record.get("ties", {})  # every discrete variable has an entry since generators record them
+    pairs = sorted({tuple(sorted((a, b))) for a, others in ties.items() for b in others})
+    tied = "; ".join(f"{a} and {b}" for a, b in pairs) or ("none" if ties else "not recorded (an older generator)")
     return f"""---
 library_name: diffusers
 tags: [cfgen, counterfactuals, diffusion]
