@@ -329,10 +329,11 @@ def main() -> None:
         name += ", away from the source value" if negative == "source" else ""  # rows before the choice: dropped
         folder = work / f"cf-{slug(name)}"
         shutil.rmtree(folder, ignore_errors=True)
+        # before a late start conditioned on the target, as these rows always were (their names say nothing of it)
         generate_counterfactuals(
             run / "data", generation["intervention"], folder, generator=run / "generator", split="train",
             limit=generation["limit"], seed=generation["seed"], steps=generation["steps"], guidance=str(weight),
-            guidance_start=start, negative=negative, progress=False,
+            guidance_start=start, negative=negative, before_guidance="target", progress=False,
         )  # fmt: skip
         images = load_images(read_imagefolder(folder).image_paths, image_format)
         share = float(accepted(evaluation, schema, generated, images).mean())

@@ -65,9 +65,10 @@ from cfgen.runtime import resolve_mixed_precision
 # both), standard guides given what is untied to the attribute (it reached more targets at equal
 # guidance, with as many digits kept), quick given every variable (its main job learned less from
 # the other), standard drops the edited attribute from the steps before a late guidance start (more
-# digits and thicknesses kept, closer to the exact edits), full (and tiny) let the tuner choose
-# those two, and only tiny, standard and full then try holding what the edit keeps at the grid's
-# best point, to stay within the budget: each decoding of the grid is time.
+# digits and thicknesses kept, closer to the exact edits), full lets the tuner choose those two (tiny
+# the direction: it guides from the first step), and only tiny, standard and full then try holding
+# what the edit keeps at the grid's best point, to stay within the budget: each decoding of the grid
+# is time.
 # soundness_images: edits whose composition and reversibility are measured (each up to 11 times).
 # cf_weight: cf-reg's pull between an image and its edit; quick's few, incomplete edits teach more
 # under a stronger pull, which costs where every image has a good edit (docs/classifier.md).
@@ -468,7 +469,7 @@ def _inference_lines(inference: dict[str, dict] | None) -> list[str]:
 def _late(guidance_start: float, before_guidance: str) -> str:
     if not guidance_start:
         return ""
-    before = " (the attribute dropped before)" if before_guidance == "dropped" else ""
+    before = " (the attribute left out of the steps before)" if before_guidance == "dropped" else ""
     return f" from {guidance_start:.0%} of the steps on{before}"
 
 

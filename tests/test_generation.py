@@ -219,6 +219,7 @@ def test_killed_run_resumes_to_the_same_images(dataset: Path, generator: Path, r
     stored = staging_dir(out) / SETTINGS_FILE
     settings = json.loads(stored.read_text())
     assert settings.pop("negative") == "dropped"
+    assert settings.pop("before_guidance") == "target"  # and before the steps before guidance could drop
     stored.write_text(json.dumps(settings))
 
     assert cli("generate", "--generator", str(generator), "--data", str(dataset), *PLAN, "--out", str(out)) == 0
@@ -485,7 +486,7 @@ def test_settings_chosen_on_validation_are_saved_and_used(
             for depth, local, inversion, start, negative, direction in product(
                 (0.4, 1.0), ("no", "others"), ("ddim", "ddpm"), (0.0, 0.5), NEGATIVES, DIRECTIONS
             )
-            for before in (BEFORE_GUIDANCE if start else ("target",))
+            for before in (BEFORE_GUIDANCE if start else ("target",))  # recorded as target at a start of 0
         }
         assert all(0 < s["change"] < 1 for s in scores)  # mean absolute pixel change, images in [0, 1]
         expected = {"steps": 4, **{key: best[key] for key in SETTING_KEYS}}
@@ -531,6 +532,8 @@ def test_settings_chosen_on_validation_are_saved_and_used(
     assert joint.guidance_start == min(chosen["guidance_start"], thickness["guidance_start"])
     assert joint.negative == ("source" if "source" in (chosen["negative"], thickness["negative"]) else "dropped")
     assert joint.direction == ("untied" if "untied" in (chosen["direction"], thickness["direction"]) else "joint")
+    late = [t["before_guidance"] for t in (chosen, thickness) if t["guidance_start"]]
+    assert joint.before_guidance == ("dropped" if "dropped" in late else "target")
     capsys.readouterr()
 
     # never on the test split; only attributes the generator edits; a folder without validation rows
@@ -830,9 +833,13 @@ def test_steps_before_a_late_guidance_start_can_drop_what_the_edit_changes(datas
         InferenceSettings(before_guidance="later")
 
     old = {"steps": 4, "inversion_depth": 0.6, "guidance": 3.0, "guidance_start": 0.5}
-    model.inference = {"attributes": {"fg_color": old, "bg_color": {**old, "before_guidance": "dropped"}}}
+    first = {**old, "guidance_start": 0.0, "before_guidance": "dropped"}  # no step before guidance: moot
+    model.inference = {
+        "attributes": {"fg_color": old, "bg_color": {**old, "before_guidance": "dropped"}, "thickness": first}
+    }
     assert settings_for(model, ("fg_color",)).before_guidance == "target"  # saved before it was a choice
     assert settings_for(model, ("fg_color", "bg_color")).before_guidance == "dropped"  # a joint edit: where any is
+    assert settings_for(model, ("fg_color", "thickness")).before_guidance == "target"  # from a late start
     assert settings_for(model, ("bg_color",), before_guidance="target").before_guidance == "target"  # given wins
 
 

@@ -141,5 +141,6 @@ def test_every_preset_names_a_generator_preset_and_every_setting() -> None:
     for name, settings in PRESETS.items():
         assert name in GENERATOR_PRESETS
         assert set(settings) == set(PRESETS["quick"]), name
-        grid = {"depths", "guidance", "guidance_starts", "holds", "localize", "inversions", "negatives", "directions"}
-        assert set(settings["tune"]) == {"sources", "before_guidance", *grid}, name
+        grid = {"depths", "guidance", "guidance_starts", "holds", "localize", "inversions", "negatives", "directions",
+                "before_guidance"}  # fmt: skip
+        assert set(settings["tune"]) == {"sources", *grid}, name

@@ -127,9 +127,9 @@ def run(args: argparse.Namespace) -> None:
     )  # fmt: skip
     for name, saved in inference["attributes"].items():
         settings = SAVED_BEFORE | saved  # attributes tuned before (kept in the record) may predate some choices
+        before = f", before guidance {settings['before_guidance']}" if settings["guidance_start"] else ""
         print(f"{name}: {settings['inversion']} inversion to depth {settings['inversion_depth']}, "
               f"guidance {settings['guidance']} from {settings['guidance_start']} (negative "
-              f"{settings['negative']}, direction {settings['direction']}, before it {settings['before_guidance']}), "
-              f"holding the rest at "
+              f"{settings['negative']}, direction {settings['direction']}{before}), holding the rest at "
               f"{settings['hold']}, {settings['steps']} steps, localize {settings['localize']}")  # fmt: skip
     print(f"wrote {Path(args.generator) / CONFIG_FILE}")

@@ -244,7 +244,7 @@ def tune_inference(
                 )
             )
             for weight, start, negative, direction in product(guidance, guidance_starts, negatives, directions)
-            for before in (before_guidance if start else before_guidance[:1])  # no steps before guidance at 0
+            for before in (before_guidance if start else BEFORE_GUIDANCE[:1])  # at 0 no step comes before guidance
         ]
         for inversion, local, depth in product(inversions, localize, depths)
     ]

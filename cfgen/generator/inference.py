@@ -166,7 +166,8 @@ def settings_for(
     their source values when any of them is. Settings saved before the inversion was a choice were
     chosen with DDIM's, those saved before the negative was with the attribute dropped, and those saved
     before the direction was with every other variable; a joint edit's directions are untied when any
-    of its attributes' are, and its steps before guidance drop its attributes when any of them chose so.
+    of its attributes' are, and its steps before guidance drop its attributes when any of them chose so
+    from a late start.
     """
     chosen = generator.inference.get("attributes", {})
     tuned = [SAVED_BEFORE | chosen[name] for name in intervened if name in chosen]
@@ -204,7 +205,11 @@ def settings_for(
         direction=direction,
         before_guidance=before_guidance
         if before_guidance is not None
-        else max((t["before_guidance"] for t in tuned), default=BEFORE_GUIDANCE[0], key=BEFORE_GUIDANCE.index),
+        else max(
+            (t["before_guidance"] for t in tuned if t["guidance_start"]),  # only a late start has steps before
+            default=BEFORE_GUIDANCE[0],
+            key=BEFORE_GUIDANCE.index,
+        ),
     )
 
 

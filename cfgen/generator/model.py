@@ -97,7 +97,7 @@ class Generator:
     training: dict = field(default_factory=dict)  # the choices it was trained with, for the record
     # per attribute, the inference settings its edits use by default, and how they were chosen:
     # {"attributes": {name: {"steps", "inversion_depth", "guidance", "localize", "inversion", "guidance_start",
-    #                        "negative", "direction", "hold"}},
+    #                        "negative", "direction", "before_guidance", "hold"}},
     #  "selection": {...}}
     inference: dict = field(default_factory=dict)
     # per continuous variable, [centre, scale] of its training values: the encoder sees (value - centre) / scale,

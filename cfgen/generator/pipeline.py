@@ -76,8 +76,9 @@ class InversionPath:
     """Abduction's result: ``latents[0]`` the images, ``latents[k]`` the latent k levels up (the last is
     where decoding starts); with the edit-friendly inversion, ``corrections[s]`` is added to decoding
     step s (from the noisiest), the part of the source's next latent the model does not predict;
-    ``factual``, the (B, V) rows the images were inverted under, what guidance pushes an edit away
-    from (``InferenceSettings.negative``)."""
+    ``factual``, the (B, V) rows the images were inverted under: what guidance pushes an edit away
+    from (``InferenceSettings.negative``), and what tells the edited variables the steps before
+    guidance may drop (``InferenceSettings.before_guidance``)."""
 
     latents: list[torch.Tensor]
     corrections: list[torch.Tensor] | None = None
@@ -313,11 +314,10 @@ class CounterfactualPipeline(DiffusionPipeline):
         kept = path.factual == target if dropped else None  # (B, V): what each row's edit keeps
         sample = path.latents[-1]
         for step, t in enumerate(self.decoding_timesteps(settings)):
-            guidance = settings.guidance_at(step)
-            if dropped and not guidance:
+            if dropped and step < settings.guidance_start * settings.steps:  # a step before guidance
                 predicted = model.predict(sample, t, target, kept)
             else:
-                predicted = model.guided_prediction(sample, t, target, guidance, negative, untie)
+                predicted = model.guided_prediction(sample, t, target, settings.guidance_at(step), negative, untie)
             predicted = predicted.to(sample.dtype)
             if path.corrections is None:
                 sample = self.scheduler.step(predicted, int(t), sample, eta=0.0).prev_sample
