@@ -109,9 +109,13 @@ class InferenceSettings:
             "before_guidance": self.before_guidance,
         }
 
+    def guided(self, step: int) -> bool:
+        """Whether decoding step ``step`` (0: the noisiest) comes at or after ``guidance_start``."""
+        return step >= self.guidance_start * self.steps
+
     def guidance_at(self, step: int) -> dict[str, float]:
-        """The guidance weights of decoding step ``step`` (0: the noisiest): none before ``guidance_start``."""
-        return self.guidance if step >= self.guidance_start * self.steps else {}
+        """The guidance weights of decoding step ``step``: none before ``guidance_start``."""
+        return self.guidance if self.guided(step) else {}
 
 
 def parse_guidance(text: str | None, schema: Schema, intervened: Sequence[str]) -> dict[str, float]:

@@ -314,7 +314,7 @@ class CounterfactualPipeline(DiffusionPipeline):
         kept = path.factual == target if dropped else None  # (B, V): what each row's edit keeps
         sample = path.latents[-1]
         for step, t in enumerate(self.decoding_timesteps(settings)):
-            if dropped and step < settings.guidance_start * settings.steps:  # a step before guidance
+            if dropped and not settings.guided(step):
                 predicted = model.predict(sample, t, target, kept)
             else:
                 predicted = model.guided_prediction(sample, t, target, settings.guidance_at(step), negative, untie)
