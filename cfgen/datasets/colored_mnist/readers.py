@@ -85,14 +85,23 @@ def stroke_width(masks: np.ndarray) -> np.ndarray:
 
 
 def stroke_fidelity(generated: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image: IoU of the stroke masks of ``generated`` and ``truth`` (uint8 RGB) and their stroke-width
+    """Per image: IoU of the stroke masks of ``generated`` and ``truth`` (uint8 RGB), their stroke-width
     difference in pixels, unsigned (how far) and signed (whether edits thin or thicken the strokes, which
-    the unsigned mean hides)."""
+    the unsigned mean hides), and the stroke contrast: ``generated``'s mean distance from its frame colour
+    over ``truth``'s stroke, as a share of ``truth``'s (below 1 a stroke faded toward the background, whose
+    edges a half-contrast mask then reads as thinner; above 1 one painted stronger)."""
     edit, exact = stroke_masks(generated), stroke_masks(truth)
     union = (edit | exact).sum((1, 2))
     iou = np.where(union > 0, (edit & exact).sum((1, 2)) / np.maximum(union, 1), 1.0)
     change = stroke_width(edit) - stroke_width(exact)
-    return {"stroke_iou": iou, "stroke_width_error": np.abs(change), "stroke_width_change": change}
+    (edit_distance, _), (exact_distance, _) = _stroke_distance(generated), _stroke_distance(truth)
+    contrast = (edit_distance * exact).sum((1, 2)) / np.maximum((exact_distance * exact).sum((1, 2)), 1e-9)
+    return {
+        "stroke_iou": iou,
+        "stroke_width_error": np.abs(change),
+        "stroke_width_change": change,
+        "stroke_contrast": contrast,
+    }
 
 
 def read_colours(images: np.ndarray, names: Sequence[str], batch_size: int = 512) -> dict[str, np.ndarray]:
