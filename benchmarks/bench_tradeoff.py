@@ -160,7 +160,7 @@ def scores(metrics: dict[str, Any], attribute: str, group: str = "rare") -> dict
         "stroke_iou": part.get("stroke_iou"),
         "stroke_width_error": part.get("stroke_width_error"),
         "stroke_width_change": part.get("stroke_width_change"),
-        "stroke_contrast": part.get("stroke_contrast"),
+        "stroke_strength": part.get("stroke_strength"),
         "mse_to_exact": part.get("mse_to_exact"),
         **{
             name: part.get(name)

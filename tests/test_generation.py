@@ -307,7 +307,7 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
     scores = good["all"]
     assert scores["rows"] == good["exact_matched"] == 36 * 9 and scores["mse_to_exact"] == 0.0
     assert scores["stroke_iou"] == 1.0 and scores["stroke_width_error"] == scores["stroke_width_change"] == 0.0
-    assert scores["stroke_contrast"] == 1.0
+    assert scores["stroke_strength"] == 1.0
     assert scores["effectiveness"] == {"fg_color": 1.0, "all": 1.0} and scores["preservation"]["bg_color"] == 1.0
     for name in ("digit", "thickness"):  # an unconfounded judge reads the same after a colour edit
         assert scores["preservation"][name] == pytest.approx(accuracy[name], abs=0.15)
@@ -375,7 +375,7 @@ def test_soundness_of_a_generators_counterfactuals(dataset: Path, reference: Pat
     assert off["soundness_images"] == 0 and "reversibility_l1" not in off["all"]
 
 
-def test_stroke_fidelity_sees_shape_thickness_and_fading_but_not_colour() -> None:
+def test_stroke_fidelity_sees_shape_thickness_and_fading() -> None:
     digits, labels = load_digits()
     one, other = int(np.flatnonzero(labels == 3)[0]), int(np.flatnonzero(labels == 1)[0])
 
@@ -389,12 +389,20 @@ def test_stroke_fidelity_sees_shape_thickness_and_fading_but_not_colour() -> Non
         return tuple(float(scores[key][0]) for key in ("stroke_iou", "stroke_width_error", "stroke_width_change"))
 
     assert fidelity(truth) == (1.0, 0.0, 0.0)
-    assert stroke_fidelity(truth[None], truth[None])["stroke_contrast"][0] == 1.0
+
+    def strength(edit: np.ndarray, of: np.ndarray = truth) -> float:
+        return float(stroke_fidelity(edit[None], of[None])["stroke_strength"][0])
+
+    assert strength(truth) == 1.0
     background = truth[0, 0].astype(np.float64)
-    for share in (0.5, 0.8):  # the stroke faded toward the background: the same shape, less contrast
+    for share in (0.5, 0.8):  # the stroke faded toward the background: masks and widths unchanged
         faded = np.rint(background + share * (truth - background)).astype(np.uint8)
-        assert fidelity(faded)[0] > 0.95
-        assert stroke_fidelity(faded[None], truth[None])["stroke_contrast"][0] == pytest.approx(share, abs=0.01)
+        assert fidelity(faded)[0] > 0.95 and fidelity(faded)[1] < 0.1
+        assert strength(faded) == pytest.approx(share, abs=0.01)
+    assert strength(image(one, thickness="thin")) < 0.8 < strength(image(one, thickness="thick")) - 0.2
+    blank = np.broadcast_to(truth[:1, :1], truth.shape).copy()  # no stroke at all
+    assert strength(blank, of=blank) == 1.0 and strength(truth, of=blank) == 1.0
+    assert strength(blank) == 0.0
     for colours in ({"fg_color": "cyan", "bg_color": "brown"}, {"fg_color": "pink", "bg_color": "gray"}):
         iou, width_error, _ = fidelity(image(one, **colours))
         assert iou > 0.9 and width_error < 0.2, colours

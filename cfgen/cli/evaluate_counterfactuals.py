@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
         if "stroke_iou" in scores:
             line += f", stroke IoU {_fmt(scores['stroke_iou'])}, width error {_fmt(scores['stroke_width_error'])} px"
             line += f" (change {_fmt(scores['stroke_width_change'], signed=True)})"
-            line += f", stroke contrast {_fmt(scores['stroke_contrast'])} of the exact's"
+            line += f", stroke strength {_fmt(scores['stroke_strength'])} of the exact's"
         line += f", realism (Frechet) {_fmt(scores['realism_frechet'], 2)}"
         print(line)
     if metrics["soundness_images"]:

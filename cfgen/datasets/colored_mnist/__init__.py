@@ -45,7 +45,7 @@ class ColoredMNIST:
         "stroke_iou": "stroke IoU",
         "stroke_width_error": "stroke width error (px)",
         "stroke_width_change": "stroke width change (px)",
-        "stroke_contrast": "stroke contrast (of the exact stroke's)",
+        "stroke_strength": "stroke strength (of the exact stroke's)",
     }
     splits_note = "`test` draws every factor independently; `test_anti` never shows a digit in its training colour."
 

@@ -72,7 +72,10 @@ def stroke_map(images: np.ndarray) -> np.ndarray:
 def stroke_masks(images: np.ndarray) -> np.ndarray:
     """(N, H, W) bool: the pixels of uint8 (N, H, W, 3) images farther from their frame's colour than
     half the image's stroke contrast: the shape whatever its colours."""
-    distance, contrast = _stroke_distance(images)
+    return _half_contrast(*_stroke_distance(images))
+
+
+def _half_contrast(distance: np.ndarray, contrast: np.ndarray) -> np.ndarray:
     return distance > contrast[:, None, None] / 2
 
 
@@ -87,20 +90,23 @@ def stroke_width(masks: np.ndarray) -> np.ndarray:
 def stroke_fidelity(generated: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Per image: IoU of the stroke masks of ``generated`` and ``truth`` (uint8 RGB), their stroke-width
     difference in pixels, unsigned (how far) and signed (whether edits thin or thicken the strokes, which
-    the unsigned mean hides), and the stroke contrast: ``generated``'s mean distance from its frame colour
-    over ``truth``'s stroke, as a share of ``truth``'s (below 1 a stroke faded toward the background, whose
-    edges a half-contrast mask then reads as thinner; above 1 one painted stronger)."""
-    edit, exact = stroke_masks(generated), stroke_masks(truth)
+    the unsigned mean hides), and the stroke strength: ``generated``'s summed distance from its frame
+    colour over ``truth``'s stroke, as a share of ``truth``'s. Masks and widths take each image's own
+    contrast, so a stroke faded evenly toward the background keeps them; the strength falls for it, and
+    for a narrower stroke or a colour nearer the background than the true one (1 where ``truth`` has no
+    stroke)."""
+    (edit_distance, edit_contrast), (exact_distance, exact_contrast) = map(_stroke_distance, (generated, truth))
+    edit, exact = _half_contrast(edit_distance, edit_contrast), _half_contrast(exact_distance, exact_contrast)
     union = (edit | exact).sum((1, 2))
     iou = np.where(union > 0, (edit & exact).sum((1, 2)) / np.maximum(union, 1), 1.0)
     change = stroke_width(edit) - stroke_width(exact)
-    (edit_distance, _), (exact_distance, _) = _stroke_distance(generated), _stroke_distance(truth)
-    contrast = (edit_distance * exact).sum((1, 2)) / np.maximum((exact_distance * exact).sum((1, 2)), 1e-9)
+    exact_strength = (exact_distance * exact).sum((1, 2))
+    strength = np.where(exact_strength > 0, (edit_distance * exact).sum((1, 2)) / np.maximum(exact_strength, 1e-9), 1.0)
     return {
         "stroke_iou": iou,
         "stroke_width_error": np.abs(change),
         "stroke_width_change": change,
-        "stroke_contrast": contrast,
+        "stroke_strength": strength,
     }
 
 
