@@ -397,9 +397,11 @@ def test_stroke_fidelity_sees_shape_thickness_and_fading() -> None:
     background = truth[0, 0].astype(np.float64)
     for share in (0.5, 0.8):  # the stroke faded toward the background: masks and widths unchanged
         faded = np.rint(background + share * (truth - background)).astype(np.uint8)
-        assert fidelity(faded)[0] > 0.95 and fidelity(faded)[1] < 0.1
+        iou, width_error, _ = fidelity(faded)
+        assert iou > 0.95 and width_error < 0.1
         assert strength(faded) == pytest.approx(share, abs=0.01)
-    assert strength(image(one, thickness="thin")) < 0.8 < strength(image(one, thickness="thick")) - 0.2
+    assert strength(image(one, thickness="thin")) < 0.8
+    assert 1.0 < strength(image(one, thickness="thick")) < 1.3  # read over the exact stroke: the rest not counted
     blank = np.broadcast_to(truth[:1, :1], truth.shape).copy()  # no stroke at all
     assert strength(blank, of=blank) == 1.0 and strength(truth, of=blank) == 1.0
     assert strength(blank) == 0.0
