@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             ],
             "test": scores(metrics, attribute, "all"),
             "test_rare": scores(metrics, attribute, "rare"),
+            "test_by_source": metrics["all"]["by_source"],
             "judge_accuracy_on_sources": metrics["judge_accuracy_on_sources"],
             "tune_seconds": round(tune_seconds, 1),
             "edit_seconds": round(edit_seconds, 1),

@@ -331,6 +331,27 @@ def test_metrics_tell_exact_counterfactuals_from_unedited_copies(
     assert bad["all"]["preservation"]["digit"] == pytest.approx(accuracy["digit"], abs=1e-9)
     assert bad["all"]["agreement_with_source"]["all"] == 1.0  # the very source images
     assert bad["all"]["stroke_iou"] > 0.9 and bad["all"]["stroke_width_error"] < 0.2  # the shape is the source's
+
+    # the edits of one source colour left undone: the breakdown by source value shows where edits failed
+    undone = tmp_path / "undone"
+    shutil.copytree(exact, undone)
+    source_colours = [row["cf_factual"].removeprefix("fg_color=") for row in rows(undone)]
+    colour = max(set(source_colours), key=source_colours.count)
+    for row, source_colour in zip(rows(undone), source_colours, strict=True):
+        if source_colour == colour:
+            shutil.copy(dataset / row["cf_source"], undone / row["file_name"])
+    capsys.readouterr()
+    assert cli("evaluate-counterfactuals", "--counterfactuals", str(undone), "--data", str(dataset),
+               "--exact", str(exact), "--out", str(tmp_path / "m-undone"), "--judge-cache", str(judge_cache),
+               *flags) == 0  # fmt: skip
+    by_colour = json.loads((tmp_path / "m-undone" / "metrics.json").read_text())["all"]["by_source"]["fg_color"]
+    assert by_colour[colour]["rows"] == source_colours.count(colour) >= 10
+    assert by_colour[colour]["effectiveness"] == by_colour[colour]["success"] == 0.0
+    assert by_colour[colour]["mse_to_exact"] > 0.01
+    assert all(cell["effectiveness"] == 1.0 and cell["mse_to_exact"] == 0.0
+               for value, cell in by_colour.items() if value != colour)  # fmt: skip
+    assert sum(cell["rows"] for cell in by_colour.values()) == 36 * 9
+    assert f"fg_color={colour} 0.000 of {by_colour[colour]['rows']}" in capsys.readouterr().out
     # realism: the judges' features of the sources and of the edits; scrambled pixels are far from both
     scrambled = tmp_path / "scrambled"
     shutil.copytree(exact, scrambled)

@@ -13,6 +13,9 @@ from cfgen.counterfactuals.metrics import (
 from cfgen.io import atomic_output_dir, write_json, write_run_record
 from cfgen.judges import DEFAULT_JUDGE_BATCH_SIZE, DEFAULT_JUDGE_IMAGES, DEFAULT_JUDGE_STEPS, default_judge_cache
 
+WEAKEST_SHOWN = 3  # source values printed with the lowest success
+WEAKEST_MIN_ROWS = 10  # edits a source value needs for its success to be printed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``evaluate-counterfactuals`` options."""
@@ -67,6 +70,15 @@ def run(args: argparse.Namespace) -> None:
             line += f", stroke strength {_fmt(scores['stroke_strength'])} of the exact's"
         line += f", realism (Frechet) {_fmt(scores['realism_frechet'], 2)}"
         print(line)
+    weakest = sorted(  # lowest success first, then the most edits
+        (cell["success"], -cell["rows"], name, value)
+        for name, cells in metrics["all"]["by_source"].items()
+        for value, cell in cells.items()
+        if cell["rows"] >= WEAKEST_MIN_ROWS
+    )[:WEAKEST_SHOWN]
+    if weakest:
+        cells = (f"{name}={value} {success:.3f} of {-minus_rows}" for success, minus_rows, name, value in weakest)
+        print(f"weakest sources (success, edits): {', '.join(cells)}")
     if metrics["soundness_images"]:
         scores = metrics["all"]
         print(f"soundness on {metrics['soundness_images']} edits: composition L1 after 1 edit "

@@ -18,7 +18,9 @@ it bounds what preservation can show.
 
 Every score is also given for "rare" targets: edits whose resulting (label, attribute value) pair is
 under ``rare_ratio`` times as frequent in the training split as independence would make it, and for
-"absent" ones, pairs that never occur there: the edits a confounded generator gets wrong.
+"absent" ones, pairs that never occur there: the edits a confounded generator gets wrong. Over all
+edits, ``by_source`` gives the headline scores per value each variable has in the source image, which
+shows where a generator's edits fail (an edit can fail for some starting values and not others).
 """
 
 from pathlib import Path
@@ -229,6 +231,13 @@ def evaluate_counterfactuals(
         scores["realism_frechet"] = frechet_distance(real_features, cf_features[rows]) if enough else None
         return scores
 
+    def headline(rows: np.ndarray) -> dict[str, Any]:
+        scores = _scores(judged, sources, cf, schema, rows)
+        kept = {key: scores[key]["all"] for key in ("effectiveness", "preservation")}
+        return {"rows": len(rows), **kept, "success": scores["success"]} | {
+            name: _mean(values[rows][~np.isnan(values[rows])]) for name, values in errors.items()
+        }
+
     breakdown = {}
     for group, mask in groups.items():
         rows = np.flatnonzero(mask)
@@ -237,6 +246,11 @@ def evaluate_counterfactuals(
             **scores_of(rows),
             "by_intervention": {name: scores_of(rows[interventions == name]) for name in sorted(set(interventions))},
         }
+    starting = {name: source.column(name)[source_rows][of_row] for name in judged}  # each edit's source values
+    breakdown["all"]["by_source"] = {
+        name: {value: headline(np.flatnonzero(values == value)) for value in sorted(set(values))}
+        for name, values in starting.items()
+    }
     return {
         "counterfactuals": str(cf_dir.resolve()),
         "data": str(data.resolve()),
