@@ -130,6 +130,11 @@ def _mean(values: Any) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+def _measured_means(columns: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, float | None]:
+    """Each per-row figure's mean over ``rows``, leaving out the rows it was not measured on (NaN)."""
+    return {name: _mean(values[rows][~np.isnan(values[rows])]) for name, values in columns.items()}
+
+
 def _exact_errors(
     cf: MetadataTable, exact_dir: Path, source: MetadataTable, image_format: ImageFormat, builtin: BuiltinDataset | None
 ) -> dict[str, np.ndarray]:
@@ -224,19 +229,15 @@ def evaluate_counterfactuals(
             measured[name][first] = values
 
     def scores_of(rows: np.ndarray) -> dict[str, Any]:
-        scores = _scores(judged, sources, cf, schema, rows)
-        for name, values in {**errors, **measured}.items():
-            scores[name] = _mean(values[rows][~np.isnan(values[rows])])
+        scores = _scores(judged, sources, cf, schema, rows) | _measured_means({**errors, **measured}, rows)
         enough = real_features is not None and len(rows) >= 2 and len(real_features) >= 2
         scores["realism_frechet"] = frechet_distance(real_features, cf_features[rows]) if enough else None
         return scores
 
     def headline(rows: np.ndarray) -> dict[str, Any]:
         scores = _scores(judged, sources, cf, schema, rows)
-        kept = {key: scores[key]["all"] for key in ("effectiveness", "preservation")}
-        return {"rows": len(rows), **kept, "success": scores["success"]} | {
-            name: _mean(values[rows][~np.isnan(values[rows])]) for name, values in errors.items()
-        }
+        overall = {key: scores[key]["all"] for key in ("effectiveness", "preservation")}
+        return {"rows": len(rows), **overall, "success": scores["success"]} | _measured_means(errors, rows)
 
     breakdown = {}
     for group, mask in groups.items():
